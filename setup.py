@@ -1,0 +1,70 @@
+"""Build: Cython kernel from pyx/ into the kernel package, gRPC stubs from proto/ into server/.
+
+Generated files (pyx/layout.pxi, pyx/*.c, server/*_pb2*.py) are written at build time and never
+committed.
+"""
+import os
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
+
+HERE = Path(__file__).parent
+
+
+def write_layout_pxi():
+    """pyx/layout.pxi (cdef enum constants) from kernel/layout.py, the single source of the layout."""
+    layout = runpy.run_path(str(HERE / "kernel" / "layout.py"))
+    target = HERE / "pyx" / "layout.pxi"
+    text = layout["pxi_text"]()
+    if not target.exists() or target.read_text() != text:
+        target.write_text(text)
+
+
+def generate_grpc_stubs():
+    """server/*_pb2.py and *_pb2_grpc.py from proto/, with grpcio-tools."""
+    protos = sorted((HERE / "proto").glob("medsettle/v1/*.proto"))
+    if not protos:
+        return
+    from grpc_tools import protoc
+    import grpc_tools
+    include = str(Path(grpc_tools.__file__).parent / "_proto")
+    for proto in protos:
+        rc = protoc.main(["grpc_tools.protoc", f"-I{HERE / 'proto'}", f"-I{include}",
+                          f"--python_out={HERE / 'server'}", f"--grpc_python_out={HERE / 'server'}",
+                          f"--pyi_out={HERE / 'server'}", str(proto)])
+        if rc != 0:
+            sys.exit(f"protoc failed on {proto}")
+
+
+class BuildPy(build_py):
+    def run(self):
+        generate_grpc_stubs()
+        super().run()
+
+
+write_layout_pxi()
+generate_grpc_stubs()
+
+COMPILE_ARGS = ["-O3", "-fno-strict-aliasing"]
+if os.environ.get("MEDSETTLE_NATIVE"):          # opt-in: tune for the build machine only
+    COMPILE_ARGS.append("-march=native")
+
+extensions = [
+    Extension(f"kernel._{src.stem}", [str(src.relative_to(HERE))],
+              include_dirs=[np.get_include()],
+              define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+              extra_compile_args=COMPILE_ARGS)
+    for src in sorted((HERE / "pyx").glob("*.pyx"))
+]
+
+setup(
+    ext_modules=cythonize(extensions, include_path=[str(HERE / "pyx")], language_level=3,
+                          compiler_directives={"boundscheck": False, "wraparound": False,
+                                               "cdivision": True, "initializedcheck": False}),
+    cmdclass={"build_py": BuildPy},
+)
