@@ -87,23 +87,23 @@ def _dec_hook(tp, obj):
 
 # --- schema --------------------------------------------------------------------------------------
 
-class _S(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class _S(msgspec.Struct, forbid_unknown_fields=True):
     pass
 
 
-class Level(_S):
+class Level(_S, kw_only=True):
     code: str                    # as the visit's medins_lv carries it
     name: str
 
 
-class MedType(_S):
+class MedType(_S, kw_only=True):
     code: str                    # as the visit's med_type carries it (national codes: 11, 14, 21, ...)
     name: str
     pool: Literal["inpatient", "outpatient"] = "inpatient"   # which basic-fund accumulator
     admission: bool = False      # counts as an admission (nth-admission deductible rules)
 
 
-class DiseaseGroup(_S):
+class DiseaseGroup(_S, kw_only=True):
     code: str
     name: str
     icd10: list[str]             # prefixes of the main diagnosis code ("C34" matches "C34.901")
@@ -111,39 +111,39 @@ class DiseaseGroup(_S):
     max_age: int | None = None   # inclusive
 
 
-class Band(_S):
+class Band(_S, kw_only=True):
     start: Money                 # lower edge of the band (the band runs to the next band's start)
     ratio: Ratio
 
 
-class Deductible(_S):
+class Deductible(_S, kw_only=True):
     kind: Literal["per_admission", "annual"] = "per_admission"
     amount: dict[str, Money] = {}                 # by level code; a level not listed has none
     nth_admission: list[Ratio] = []               # share charged on the 1st, 2nd, 3rd+ admission
     waived_categories: list[str] = []
 
 
-class MedTypeRule(_S):
+class MedTypeRule(_S, kw_only=True):
     """How the basic fund settles one med type in one version (steps 4 and 5)."""
     ratio: dict[str, Ratio] = {}                  # by level code
     bands: list[Band] = []                        # rates by amount; replace `ratio`
     band_origin: Literal["visit", "year"] = "visit"
     essential_drugs: Delta | None = None          # uplift on essential drugs (not with bands)
-    deductible: Deductible = Deductible()
+    deductible: Deductible = msgspec.field(default_factory=Deductible)
 
 
-class CapFormula(_S):
+class CapFormula(_S, kw_only=True):
     multiplier: int              # e.g. 6 x local average wage
     benchmark: Money
     floor: Money | None = None   # never below
 
 
-class Pool(_S):
+class Pool(_S, kw_only=True):
     cap: Money | None = None
     cap_formula: CapFormula | None = None
 
 
-class Adjustments(_S):
+class Adjustments(_S, kw_only=True):
     categories: dict[str, Delta] = {}             # e.g. retired = "+5%"
     out_of_area_filed: Delta | None = None
     out_of_area_unfiled: Delta | None = None
@@ -151,14 +151,14 @@ class Adjustments(_S):
     no_referral: Delta | None = None
 
 
-class Quota(_S):
+class Quota(_S, kw_only=True):
     mode: Literal["single_disease", "per_bed_day"]
     amount: dict[str, Money]     # by level code: the quota, or the daily rate
     ratio: Ratio | None = None   # default: the ratio of step 5
     deductible: Money | None = None
 
 
-class DiseaseRule(_S):
+class DiseaseRule(_S, kw_only=True):
     groups: list[str]
     floor: Ratio | None = None
     override: Ratio | None = None
@@ -166,13 +166,13 @@ class DiseaseRule(_S):
     quota: Quota | None = None
 
 
-class LargeAmount(_S):
+class LargeAmount(_S, kw_only=True):
     ratio: Ratio
     cap: Money | None = None
     med_types: list[str] | None = None            # None: every med type
 
 
-class SeriousIllness(_S):
+class SeriousIllness(_S, kw_only=True):
     form: Literal["bands", "effective_ratio"] = "bands"
     med_types: list[str] | None = None
     trigger: Literal["per_admission", "annual"] = "per_admission"
@@ -184,14 +184,14 @@ class SeriousIllness(_S):
     category_ratio: dict[str, Ratio] = {}
 
 
-class CivilServant(_S):
-    categories: list[str] = ["civil_servant"]
+class CivilServant(_S, kw_only=True):
     ratio: Ratio
+    categories: list[str] = msgspec.field(default_factory=lambda: ["civil_servant"])
     cap: Money | None = None
     med_types: list[str] | None = None
 
 
-class Assistance(_S):
+class Assistance(_S, kw_only=True):
     categories: list[str]
     ratio: Ratio
     deductible: Money = Money(0)
@@ -199,21 +199,21 @@ class Assistance(_S):
     med_types: list[str] | None = None
 
 
-class GuaranteedMinimum(_S):
+class GuaranteedMinimum(_S, kw_only=True):
     ratio: Ratio
     med_types: list[str] | None = None
 
 
-class Version(_S):
+class Version(_S, kw_only=True):
     id: str
     inherits: str | None = None
     effective_from: datetime.date
     effective_to: datetime.date | None = None     # inclusive; None: open-ended
     excluded_causes: list[str] = []
-    pending_causes: list[str] = ["pending"]
+    pending_causes: list[str] = msgspec.field(default_factory=lambda: ["pending"])
     med_types: dict[str, MedTypeRule] = {}        # by med type code; a med type not listed is not covered
     pools: dict[str, Pool] = {}                   # "inpatient" / "outpatient"
-    adjustments: Adjustments = Adjustments()
+    adjustments: Adjustments = msgspec.field(default_factory=Adjustments)
     diseases: list[DiseaseRule] = []
     large_amount: LargeAmount | None = None
     serious_illness: SeriousIllness | None = None
@@ -222,7 +222,7 @@ class Version(_S):
     guaranteed_minimum: GuaranteedMinimum | None = None
 
 
-class Scheme(_S):
+class Scheme(_S, kw_only=True):
     code: str                    # as the visit's insutype carries it
     name: str
     personal_account: bool = False
@@ -236,13 +236,13 @@ STANDARD_CAUSES = ["none", "traffic", "fight", "drunkenness", "self_harm", "crim
                    "maternity", "cosmetic", "pending"]
 
 
-class Pack(_S):
+class Pack(_S, kw_only=True):
     name: str
     region: str                  # pooling region code (统筹区)
     description: str = ""
     unknown_codes: Literal["refuse", "selfpay"] = "refuse"
-    categories: list[str] = STANDARD_CATEGORIES   # at most 8: bit i of a visit's category mask
-    injury_causes: list[str] = STANDARD_CAUSES    # at most 63
+    categories: list[str] = msgspec.field(default_factory=lambda: list(STANDARD_CATEGORIES))  # at most 8: bit i of a visit's category mask
+    injury_causes: list[str] = msgspec.field(default_factory=lambda: list(STANDARD_CAUSES))  # at most 63
     levels: list[Level]
     med_types: list[MedType]
     disease_groups: list[DiseaseGroup] = []
@@ -269,3 +269,62 @@ def _merge(parent, child):
         else:
             out[k] = v
     return out
+
+
+def _format_path(msg):
+    """msgspec says "... - at `$.schemes[0].versions[1].cap`"; split into (path, message)."""
+    if " - at `" in msg:
+        text, _, path = msg.rpartition(" - at `")
+        return path.rstrip("`"), text
+    return "$", msg
+
+
+def load_pack(path) -> Pack:
+    """Decode, merge inherited versions, validate: a Pack or a PolicyError naming file and key path."""
+    path = Path(path)
+    try:
+        raw = msgspec.toml.decode(path.read_bytes())
+    except msgspec.DecodeError as e:
+        raise PolicyError(path, "", f"not valid TOML: {e}") from None
+    return pack_from_raw(raw, path)
+
+
+def pack_from_raw(raw: dict, source="<pack>") -> Pack:
+    """The Pack from a decoded TOML document (a dict), with version inheritance resolved."""
+    if not isinstance(raw, dict):
+        raise PolicyError(source, "$", "a pack is a TOML document")
+    raw = dict(raw)
+    schemes = raw.get("schemes", [])
+    if isinstance(schemes, list):
+        resolved = []
+        for si, scheme in enumerate(schemes):
+            if not isinstance(scheme, dict) or not isinstance(scheme.get("versions"), list):
+                resolved.append(scheme)
+                continue
+            by_id, versions = {}, []
+            for vi, version in enumerate(scheme["versions"]):
+                if isinstance(version, dict) and version.get("inherits") is not None:
+                    parent = by_id.get(version["inherits"])
+                    if parent is None:
+                        raise PolicyError(source, f"$.schemes[{si}].versions[{vi}].inherits",
+                                          f"no earlier version {version['inherits']!r} in this scheme")
+                    version = _merge({k: v for k, v in parent.items()
+                                      if k not in ("id", "effective_from", "effective_to")}, version)
+                if isinstance(version, dict) and "id" in version:
+                    by_id[version["id"]] = version
+                versions.append(version)
+            resolved.append({**scheme, "versions": versions})
+        raw["schemes"] = resolved
+    try:
+        pack = msgspec.convert(_strip_none(raw), Pack, dec_hook=_dec_hook)
+    except msgspec.ValidationError as e:
+        where, what = _format_path(str(e))
+        raise PolicyError(source, where, what) from None
+    validate(pack, source)
+    return pack
+
+
+def validate(pack: Pack, source="<pack>") -> None:
+    """Cross-references and ranges msgspec cannot check; raises PolicyError on the first problem."""
+    # Filled in by the policy compiler work: names exist, dates do not overlap, bands ascend, ...
+    return None
