@@ -1,0 +1,349 @@
+"""Visits and line items (Arrow) -> validated, typed column arrays the Cython kernel takes.
+
+Everything here is vectorised (numpy / pyarrow.compute) or loops over distinct values only; the
+per-visit work is the kernel's. Every check of SETTLEMENT.md section 9 that a file can fail is
+made here, before anything is computed, and raises InputError naming the field, the row (1-based
+visit row) or line, the rule and the value.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import InputError
+from .layout import ITEM_COLS
+from .schema import LINE_FIELDS, PRECOMPUTED_FIELDS, VISIT_FIELDS
+
+# Largest amount accepted, in fen (10 billion yuan): amount * 10000 bp stays far inside int64.
+MAX_MONEY = 10**12
+MAX_COUNT = 10**9
+
+_I = {name: i for i, name in enumerate(ITEM_COLS)}
+N_ITEM = len(ITEM_COLS)
+
+
+@dataclass
+class Prepared:
+    """Kernel inputs for n visits, in processing order (person, then settlement time)."""
+    order: np.ndarray            # int64: processing position -> input row
+    item: np.ndarray             # int64 (N_ITEM, n)
+    rule: np.ndarray             # int32
+    group: np.ndarray            # int16
+    cats: np.ndarray             # int16
+    cause: np.ndarray            # int8
+    out_area: np.ndarray         # int8
+    referral: np.ndarray         # int8
+    bed_days: np.ndarray         # int32
+    acct_used: np.ndarray        # int8
+    acc_slot: np.ndarray         # int32
+    psn_slot: np.ndarray         # int32
+    balance: np.ndarray          # int64 per person slot: the opening balance
+    slot_keys: list              # acc slot -> (psn_no, insutype, year)
+    psn_keys: list               # psn slot -> psn_no
+    version: np.ndarray          # int32 compiled version per visit
+    year: np.ndarray             # int32 accumulator year per visit
+
+
+# --- column access -------------------------------------------------------------------------------
+
+def _column(table: pa.Table, name, typ, required, source, default=None):
+    """The column as a combined Array of `typ`, or None when optional and absent."""
+    if name not in table.column_names:
+        if required:
+            raise InputError(name, "required column is missing", None, source=source)
+        return None
+    col = table.column(name)
+    if col.type != typ:
+        try:
+            col = col.cast(typ)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            bad = _first_uncastable(col, typ)
+            raise InputError(name, f"must be {typ}", bad[1], row=bad[0], source=source) from None
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if required and col.null_count:
+        row = int(np.flatnonzero(np.asarray(col.is_null()))[0])
+        raise InputError(name, "required value is missing", None, row=row + 1, source=source)
+    return col
+
+
+def _first_uncastable(col, typ):
+    for i, v in enumerate(col.to_pylist()):
+        try:
+            pa.array([v]).cast(typ)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            return i + 1, v
+    return None, None
+
+
+def _ints(col, dtype, default=0):
+    """Arrow integer/bool column -> numpy, nulls -> default."""
+    if col is None:
+        return None
+    if pa.types.is_boolean(col.type):
+        col = col.cast(pa.int8())
+    return np.asarray(col.fill_null(default), dtype=dtype)
+
+
+def _check_money(values, name, source, rows=None, lines=None, allow_zero=True):
+    bad = np.flatnonzero((values < 0) | (values > MAX_MONEY))
+    if bad.size:
+        i = int(bad[0])
+        v = int(values[i])
+        rule = "must not be negative" if v < 0 else f"overflow: above {MAX_MONEY} fen"
+        raise InputError(name, rule, v, row=None if rows is None else int(rows[i]),
+                         line=None if lines is None else int(lines[i]), source=source)
+
+
+def _map_codes(col, mapping: dict, name, source, default=None):
+    """A string column through a code -> int mapping, over its distinct values; unknown -> InputError."""
+    if col is None:
+        return None
+    enc = col.fill_null(default) if default is not None else col
+    enc = enc.dictionary_encode()
+    values = enc.dictionary.to_pylist()
+    table = np.empty(len(values), dtype=np.int64)
+    for k, v in enumerate(values):
+        if v not in mapping:
+            row = int(np.flatnonzero(np.asarray(enc.indices) == k)[0]) + 1
+            raise InputError(name, f"unknown code (known: {', '.join(map(str, mapping))})", v,
+                             row=row, source=source)
+        table[k] = mapping[v]
+    return table[np.asarray(enc.indices)]
+
+
+def _days(col):
+    """date32 / timestamp column -> int32 days since 1970-01-01."""
+    if pa.types.is_timestamp(col.type):
+        col = col.cast(pa.timestamp("s")).cast(pa.int64())
+        return (np.asarray(col) // 86400).astype(np.int32)
+    return np.asarray(col.cast(pa.int32()), dtype=np.int32)
+
+
+def _year_of(days):
+    return days.astype("datetime64[D]").astype("datetime64[Y]").astype(np.int32) + 1970
+
+
+def _age(birth_days, at_days):
+    """Whole years between two int32 day arrays (a birthday counts on its day)."""
+    def ymd(days):
+        d = days.astype("datetime64[D]")
+        months = d.astype("datetime64[M]")
+        return (d.astype("datetime64[Y]").astype(np.int64), months.astype(np.int64) % 12,
+                (d - months.astype("datetime64[D]")).astype(np.int64))
+    by, bm, bd = ymd(birth_days)
+    ay, am, ad = ymd(at_days)
+    before_birthday = (am < bm) | ((am == bm) & (ad < bd))
+    return (ay - by - before_birthday).astype(np.int32)
+
+
+# --- visits ---------------------------------------------------------------------------------------
+
+def prepare(compiled, catalogue, visits: pa.Table, lines: pa.Table | None, source="visits",
+            line_source="lines", opening_acc=None) -> Prepared:
+    """Validate and convert; raises InputError on the first bad value, before anything is computed."""
+    n = visits.num_rows
+    req = {name: (typ, required) for name, typ, required, _ in VISIT_FIELDS}
+    col = {name: _column(visits, name, typ, required, source) for name, (typ, required) in req.items()}
+    pack = compiled.pack
+
+    ids = col["mdtrt_id"]
+    if pc.count_distinct(ids).as_py() != n:
+        counts = pc.value_counts(ids)
+        dup = next(v["values"] for v in counts.to_pylist() if v["counts"] > 1)
+        row = int(np.flatnonzero(np.asarray(pc.equal(ids, dup)))[1]) + 1
+        raise InputError("mdtrt_id", "duplicate visit id", dup.as_py() if hasattr(dup, "as_py") else dup,
+                         row=row, source=source)
+
+    scheme = _map_codes(col["insutype"], compiled.scheme_index, "insutype", source)
+    med_type = _map_codes(col["med_type"], compiled.med_type_index, "med_type", source)
+    level = _map_codes(col["medins_lv"], compiled.level_index, "medins_lv", source)
+    cause = _map_codes(col["inj_cause"], compiled.cause_index, "inj_cause", source, default="none")
+    if cause is None:
+        cause = np.full(n, compiled.cause_index["none"], dtype=np.int64)
+    cats = _category_masks(col["psn_cats"], compiled.category_bit, source, n)
+
+    # governing date per scheme (admission, discharge or settlement), then the version in force
+    end = _days(col["enddate"])
+    begin = end if col["begndate"] is None else np.where(
+        np.asarray(col["begndate"].is_null()), end, _days(col["begndate"].fill_null(0)))
+    setl = _days(col["setl_time"])
+    kinds = np.array([{"admission": 0, "discharge": 1, "settlement": 2}[s.governing_date]
+                      for s in pack.schemes], dtype=np.int8)[scheme]
+    gov = np.choose(kinds, [begin, end, setl]).astype(np.int32)
+    bad = np.flatnonzero(begin > end)
+    if bad.size:
+        i = int(bad[0])
+        raise InputError("begndate", "admission after discharge", str(np.datetime64(int(begin[i]), "D")),
+                         row=i + 1, source=source)
+    version = compiled.version_index(scheme, gov).astype(np.int32)
+    bad = np.flatnonzero(version < 0)
+    if bad.size:
+        i = int(bad[0])
+        raise InputError("enddate" if kinds[i] == 1 else ("begndate" if kinds[i] == 0 else "setl_time"),
+                         f"no policy version of scheme {pack.schemes[scheme[i]].code} in force on this date",
+                         str(np.datetime64(int(gov[i]), "D")), row=i + 1, source=source)
+
+    if col["brdy"] is not None:
+        has_birth = ~np.asarray(col["brdy"].is_null())
+        age = np.where(has_birth, _age(_days(col["brdy"].fill_null(0)), gov), -1).astype(np.int32)
+    else:
+        age = np.full(n, -1, dtype=np.int32)
+    diag = col["dise_codg"] if col["dise_codg"] is not None else pa.nulls(n, pa.string())
+    group = compiled.resolve_groups(diag, age).astype(np.int16)
+    rule = compiled.rule_index(version, med_type, level).astype(np.int32)
+
+    insured = col["insu_admdvs"].fill_null(pack.region) if col["insu_admdvs"] is not None \
+        else pa.array([pack.region] * n, pa.string()) if n else pa.array([], pa.string())
+    treated = col["mdtrt_admdvs"].fill_null(insured) if col["mdtrt_admdvs"] is not None else insured
+    away = ~np.asarray(pc.equal(insured, treated).fill_null(True), dtype=bool)
+    filed = _ints(col["out_filing_flag"], np.int8)
+    out_area = np.where(away, np.where(filed.astype(bool) if filed is not None else False, 1, 2), 0).astype(np.int8)
+    referral = _ints(col["refl_flag"], np.int8)
+    referral = np.zeros(n, np.int8) if referral is None else referral
+    bed_days = _ints(col["ipt_days"], np.int32)
+    bed_days = np.zeros(n, np.int32) if bed_days is None else bed_days
+    bad = np.flatnonzero(bed_days < 0)
+    if bad.size:
+        raise InputError("ipt_days", "must not be negative", int(bed_days[bad[0]]), row=int(bad[0]) + 1,
+                         source=source)
+    acct_used = _ints(col["acct_used_flag"], np.int8)
+    acct_used = np.zeros(n, np.int8) if acct_used is None else acct_used
+    opening = _ints(col["acct_balc"], np.int64)
+    opening = np.zeros(n, np.int64) if opening is None else opening
+    _check_money(opening, "acct_balc", source, rows=np.arange(1, n + 1))
+
+    item = (_itemize_lines(compiled, catalogue, ids, lines, n, line_source) if lines is not None
+            else _precomputed(visits, n, source))
+    declared = _ints(col["medfee_sumamt"], np.int64, default=-1)
+    if declared is not None:
+        _check_money(np.where(declared < 0, 0, declared), "medfee_sumamt", source, rows=np.arange(1, n + 1))
+        bad = np.flatnonzero((declared >= 0) & (declared != item[_I["I_MEDFEE"]]))
+        if bad.size:
+            i = int(bad[0])
+            raise InputError("medfee_sumamt", f"total is not the sum of the lines ({int(item[_I['I_MEDFEE']][i])})",
+                             int(declared[i]), row=i + 1, mdtrt_id=ids[i].as_py(), source=source)
+
+    # processing order: person, then settlement time (ties keep input order)
+    psn = col["psn_no"].dictionary_encode()
+    psn_idx = np.asarray(psn.indices, dtype=np.int64)
+    setl_sec = np.asarray(col["setl_time"].cast(pa.timestamp("s")).cast(pa.int64()))
+    order = np.lexsort((np.arange(n), setl_sec, psn_idx))
+    year = _year_of(gov)
+    key = (psn_idx * len(compiled.scheme_index) + scheme) * 10000 + year
+    slot_of_key, acc_slot = np.unique(key, return_inverse=True)
+    psn_names = psn.dictionary.to_pylist()
+    slot_keys = [(psn_names[k // 10000 // len(compiled.scheme_index)],
+                  pack.schemes[(k // 10000) % len(compiled.scheme_index)].code, int(k % 10000))
+                 for k in slot_of_key.tolist()]
+    # opening balance of a person: acct_balc on their first visit in processing order
+    first = np.full(len(psn_names), -1, dtype=np.int64)
+    first[psn_idx[order[::-1]]] = order[::-1]
+    balance = opening[first].astype(np.int64)
+
+    def take(a):
+        return np.ascontiguousarray(a[order])
+
+    return Prepared(
+        order=order, item=np.ascontiguousarray(item[:, order]), rule=take(rule), group=take(group),
+        cats=take(cats), cause=take(cause).astype(np.int8), out_area=take(out_area),
+        referral=take(referral).astype(np.int8), bed_days=take(bed_days).astype(np.int32),
+        acct_used=take(acct_used).astype(np.int8), acc_slot=take(acc_slot).astype(np.int32),
+        psn_slot=take(psn_idx).astype(np.int32), balance=balance, slot_keys=slot_keys,
+        psn_keys=psn_names, version=take(version), year=take(year))
+
+
+def _category_masks(col, bits: dict, source, n):
+    if col is None:
+        return np.zeros(n, dtype=np.int16)
+    enc = col.fill_null("").dictionary_encode()
+    table = np.zeros(len(enc.dictionary), dtype=np.int16)
+    for k, text in enumerate(enc.dictionary.to_pylist()):
+        for name in filter(None, (t.strip() for t in text.split(","))):
+            if name not in bits:
+                row = int(np.flatnonzero(np.asarray(enc.indices) == k)[0]) + 1
+                raise InputError("psn_cats", f"unknown person category (known: {', '.join(bits)})", name,
+                                 row=row, source=source)
+            table[k] |= 1 << bits[name]
+    return table[np.asarray(enc.indices)]
+
+
+def _precomputed(visits, n, source):
+    item = np.zeros((N_ITEM, n), dtype=np.int64)
+    names = {"fulamt_ownpay_amt": "I_FULAMT", "overlmt_selfpay": "I_OVERLMT",
+             "preselfpay_amt": "I_PRESELFPAY", "inscp_scp_amt": "I_INSCP",
+             "inscp_essential_amt": "I_INSCP_ESS"}
+    for name, typ, required, _ in PRECOMPUTED_FIELDS:
+        col = _column(visits, name, typ, required, source)
+        if col is None:
+            continue
+        values = _ints(col, np.int64)
+        _check_money(values, name, source, rows=np.arange(1, n + 1))
+        item[_I[names[name]]] = values
+    bad = np.flatnonzero(item[_I["I_INSCP_ESS"]] > item[_I["I_INSCP"]])
+    if bad.size:
+        i = int(bad[0])
+        raise InputError("inscp_essential_amt", "exceeds inscp_scp_amt", int(item[_I["I_INSCP_ESS"]][i]),
+                         row=i + 1, source=source)
+    item[_I["I_MEDFEE"]] = item[_I["I_FULAMT"]] + item[_I["I_OVERLMT"]] + item[_I["I_PRESELFPAY"]] + item[_I["I_INSCP"]]
+    _check_money(item[_I["I_MEDFEE"]], "medfee_sumamt", source, rows=np.arange(1, n + 1))
+    return item
+
+
+# --- line items -----------------------------------------------------------------------------------
+
+def _itemize_lines(compiled, catalogue, visit_ids, lines: pa.Table, n, source):
+    from ._itemize import itemize
+
+    m = lines.num_rows
+    col = {name: _column(lines, name, typ, required, source) for name, typ, required, _ in LINE_FIELDS}
+    line_numbers = np.arange(1, m + 1)
+    visit = np.asarray(pc.index_in(col["mdtrt_id"], value_set=visit_ids).fill_null(-1), dtype=np.int64)
+    bad = np.flatnonzero(visit < 0)
+    if bad.size:
+        i = int(bad[0])
+        raise InputError("mdtrt_id", "line of a visit not in the visits", col["mdtrt_id"][i].as_py(),
+                         line=i + 1, source=source)
+    cnt, pric, amt = (_ints(col[k], np.int64) for k in ("cnt", "pric", "det_item_fee_sumamt"))
+    bad = np.flatnonzero((cnt < 0) | (cnt > MAX_COUNT))
+    if bad.size:
+        i = int(bad[0])
+        raise InputError("cnt", "quantity must be a whole number from 0 to 10^9", int(cnt[i]), line=i + 1,
+                         mdtrt_id=col["mdtrt_id"][i].as_py(), source=source)
+    for name, values in (("pric", pric), ("det_item_fee_sumamt", amt)):
+        _check_money(values, name, source, lines=line_numbers)
+    over = np.flatnonzero((pric > 0) & (cnt > MAX_MONEY // np.maximum(pric, 1)))
+    if over.size:
+        i = int(over[0])
+        raise InputError("cnt", f"overflow: cnt x pric above {MAX_MONEY} fen", int(cnt[i]), line=i + 1,
+                         mdtrt_id=col["mdtrt_id"][i].as_py(), source=source)
+    bad = np.flatnonzero(cnt * pric != amt)
+    if bad.size:
+        i = int(bad[0])
+        raise InputError("det_item_fee_sumamt", f"amount is not cnt x pric ({int(cnt[i] * pric[i])})",
+                         int(amt[i]), line=i + 1, mdtrt_id=col["mdtrt_id"][i].as_py(), source=source)
+    line_no = _ints(col["line_no"], np.int64)
+    order = np.lexsort((line_no, visit))
+    sv, sl = visit[order], line_no[order]
+    dup = np.flatnonzero((sv[1:] == sv[:-1]) & (sl[1:] == sl[:-1]))
+    if dup.size:
+        i = int(order[dup[0] + 1])
+        raise InputError("line_no", "duplicate line id within the visit", int(line_no[i]), line=i + 1,
+                         mdtrt_id=col["mdtrt_id"][i].as_py(), source=source)
+    code = catalogue.lookup(col["hilist_code"]).astype(np.int32)
+    unknown = np.flatnonzero(code < 0)
+    if unknown.size and compiled.pack.unknown_codes == "refuse":
+        i = int(unknown[0])
+        raise InputError("hilist_code", "not in the catalogue (the pack refuses unknown codes)",
+                         col["hilist_code"][i].as_py(), line=i + 1, mdtrt_id=col["mdtrt_id"][i].as_py(),
+                         source=source)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(visit, minlength=n), out=offsets[1:])
+    item = np.zeros((N_ITEM, n), dtype=np.int64)
+    itemize(offsets, np.ascontiguousarray(code[order]), np.ascontiguousarray(cnt[order]),
+            np.ascontiguousarray(pric[order]), np.ascontiguousarray(amt[order]),
+            catalogue.cls, catalogue.prepay, catalogue.ceiling, catalogue.essential, item)
+    _check_money(item[_I["I_MEDFEE"]], "medfee_sumamt", source, rows=np.arange(1, n + 1))
+    return item

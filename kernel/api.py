@@ -1,0 +1,322 @@
+"""The public Python face of medsettle: load a pack and a catalogue, settle visits, explain one.
+
+    from kernel.api import Settler
+    settler = Settler.from_files()                     # shipped sample pack and catalogue
+    result = settler.settle_table(visits, lines)       # Arrow tables in, Arrow table of results out
+    one = settler.settle_one(visit, lines, acc, balance, mode="presettle")   # real time
+
+One code path serves both: a real-time call is a batch of one with the person's accumulators
+passed in and returned.
+"""
+from __future__ import annotations
+
+import msgspec
+
+from .layout import ACC_COLS, OUT_COLS
+
+
+class SetlDetail(msgspec.Struct):
+    """One fund's row of a settlement (setldetail)."""
+    fund_pay_type: str           # hifp, hifob, hifmi, cvlserv, maf
+    inscp_scp_amt: int           # the in-scope amount the fund worked on
+    crt_payb_lmt_amt: int        # remaining annual limit before this visit, -1 no cap
+    fund_payamt: int             # paid
+    setl_proc_info: str          # the rule and the policy version, in words
+
+
+class OneResult(msgspec.Struct):
+    """A settled visit, as the real-time path returns it."""
+    mdtrt_id: str
+    psn_no: str
+    insutype: str
+    year: int                    # calendar year of the governing date: the accumulator year
+    status: str                  # a key of layout.STATUS
+    reason: str
+    policy_version: str
+    amounts: dict[str, int]      # every layout.OUT_COLS name -> fen (bp for pool_prop_selfpay)
+    flags: int
+    acc_after: dict[str, int]    # layout.ACC_COLS name -> value after this visit
+    balance_after: int
+    setldetail: list[SetlDetail]
+
+
+__all__ = ["Settler", "OneResult", "SetlDetail", "ACC_COLS", "OUT_COLS"]
+
+
+# --- implementation ------------------------------------------------------------------------------
+
+import datetime as _dt
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import layout
+from .adapter import prepare
+from .catalogue import Catalogue, load_catalogue
+from .compile import compile_pack
+from .errors import InputError
+from .policy import Pack, load_pack
+from .schema import LINE_SCHEMA, VISIT_FIELDS
+
+_C = layout.as_constants()
+_STATUS_NAMES = {v: k for k, v in layout.STATUS.items()}
+_MODES = {"settle": layout.MODE_SETTLE, "presettle": layout.MODE_PRESETTLE}
+# setldetail rows: fund code, its pay column, its limit column, and the in-scope amount it works on
+_FUNDS = [("hifp", "hifp_pay", "hifp_lmt"), ("hifob", "hifob_pay", "hifob_lmt"),
+          ("hifmi", "hifmi_pay", "hifmi_lmt"), ("cvlserv", "cvlserv_pay", "cvlserv_lmt"),
+          ("maf", "maf_pay", "maf_lmt")]
+
+
+def shipped_pack_path(name="sample_rural") -> Path:
+    return Path(str(resources.files("kernel") / "packs" / f"{name}.toml"))
+
+
+def shipped_catalogue_path() -> Path:
+    return Path(str(resources.files("kernel") / "data" / "catalogue.csv"))
+
+
+@dataclass
+class BatchResult:
+    """Results in input order, and each (person, scheme, year)'s accumulators after the batch."""
+    table: pa.Table
+    accumulators: pa.Table
+    balances: dict
+
+
+def fen(v: int) -> str:
+    """Fen as yuan with two decimals: 4522000 -> '45,220.00'."""
+    sign = "-" if v < 0 else ""
+    v = abs(int(v))
+    return f"{sign}{v // 100:,}.{v % 100:02d}"
+
+
+def pct(bp: int) -> str:
+    return f"{bp // 100}%" if bp % 100 == 0 else f"{bp // 100}.{bp % 100:02d}%"
+
+
+class Settler:
+    """A compiled pack and a catalogue, ready to settle visits."""
+
+    def __init__(self, pack: Pack, catalogue: Catalogue, pack_source="<pack>"):
+        self.pack = pack
+        self.catalogue = catalogue
+        self.compiled = compile_pack(pack)
+        self.pack_source = str(pack_source)
+        self._labels = [self.compiled.version_label(v) for v in range(len(self.compiled.versions))]
+        self._reference_catalogue = None
+
+    @classmethod
+    def from_files(cls, pack_path=None, catalogue_path=None) -> "Settler":
+        pack_path = Path(pack_path) if pack_path else shipped_pack_path()
+        catalogue = load_catalogue(catalogue_path) if catalogue_path else load_catalogue(shipped_catalogue_path())
+        return cls(load_pack(pack_path), catalogue, pack_path)
+
+    # --- batch ---------------------------------------------------------------------------------
+
+    def settle_table(self, visits: pa.Table, lines: pa.Table | None = None, mode="settle",
+                     opening_acc: dict | None = None, source="visits", line_source="lines") -> BatchResult:
+        """Settle every visit; a person's visits in settlement-time order, accumulators carried.
+
+        opening_acc: optional {(psn_no, insutype, year): {ACC name: value}} to start from (the
+        ledger's totals); absent rows start at zero. Bad input raises InputError before anything runs.
+        """
+        from ._chain import settle
+
+        prep = prepare(self.compiled, self.catalogue, visits, lines, source, line_source)
+        acc = np.zeros((len(prep.slot_keys), len(layout.ACC_COLS)),
+                       dtype=np.int64)
+        if opening_acc:
+            for slot, key in enumerate(prep.slot_keys):
+                row = opening_acc.get(key)
+                if row:
+                    acc[slot] = [int(row.get(name, 0)) for name in layout.ACC_COLS]
+        n = visits.num_rows
+        out = np.empty((len(layout.OUT_COLS), n), dtype=np.int64)
+        status = np.empty(n, dtype=np.int8)
+        flags = np.empty(n, dtype=np.int32)
+        balance = prep.balance.copy()
+        cp = self.compiled
+        settle(cp.rules, cp.diseases, cp.bands, cp.n_groups, prep.item, prep.rule, prep.group,
+               prep.cats, prep.cause, prep.out_area, prep.referral, prep.bed_days, prep.acct_used,
+               prep.acc_slot, prep.psn_slot, acc, balance, _MODES[mode], out, status, flags)
+        return BatchResult(self._result_table(visits, prep, out, status, flags),
+                           self._acc_table(prep, acc), dict(zip(prep.psn_keys, balance.tolist())))
+
+    def _result_table(self, visits, prep, out, status, flags) -> pa.Table:
+        n = visits.num_rows
+        inverse = np.empty(n, dtype=np.int64)
+        inverse[prep.order] = np.arange(n)
+        causes = self.pack.injury_causes
+        # reason: index into [""] + fixed reasons + "excluded_cause:<cause>" for each cause
+        fixed = ["", "pending_cause", "not_covered"]
+        reason = np.zeros(n, dtype=np.int32)
+        reason[status == layout.STATUS["REFUSED"]] = 1
+        reason[status == layout.STATUS["PROVISIONAL"]] = 1
+        reason[status == layout.STATUS["NOT_COVERED"]] = 2
+        excl = status == layout.STATUS["EXCLUDED"]
+        reason[excl] = len(fixed) + prep.cause[excl]
+        reason_dict = pa.array(fixed + [f"excluded_cause:{c}" for c in causes])
+        status_dict = pa.array([_STATUS_NAMES[i] for i in range(len(_STATUS_NAMES))])
+        cols = {
+            "mdtrt_id": visits.column("mdtrt_id"),
+            "psn_no": visits.column("psn_no"),
+            "status": pa.DictionaryArray.from_arrays(pa.array(status[inverse].astype(np.int32)), status_dict),
+            "reason": pa.DictionaryArray.from_arrays(pa.array(reason[inverse]), reason_dict),
+        }
+        for k, name in enumerate(layout.OUT_COLS):
+            cols[name] = pa.array(out[k][inverse])
+        cols["flags"] = pa.array(flags[inverse])
+        cols["policy_version"] = pa.DictionaryArray.from_arrays(
+            pa.array(prep.version[inverse]), pa.array(self._labels))
+        return pa.table(cols)
+
+    @staticmethod
+    def _acc_table(prep, acc) -> pa.Table:
+        keys = prep.slot_keys
+        cols = {"psn_no": pa.array([k[0] for k in keys], pa.string()),
+                "insutype": pa.array([k[1] for k in keys], pa.string()),
+                "year": pa.array([k[2] for k in keys], pa.int32())}
+        for k, name in enumerate(layout.ACC_COLS):
+            cols[name] = pa.array(acc[:, k])
+        return pa.table(cols)
+
+    def settle_file(self, visits_path, out_path, lines_path=None, mode="settle") -> BatchResult:
+        """Parquet (or CSV) visits [+ lines] -> Parquet results; written only if everything settles."""
+        visits = read_table(visits_path)
+        lines = read_table(lines_path) if lines_path else None
+        result = self.settle_table(visits, lines, mode, source=str(visits_path),
+                                   line_source=str(lines_path) if lines_path else "lines")
+        write_atomic(result.table, out_path)
+        return result
+
+    # --- real time -----------------------------------------------------------------------------
+
+    def acc_key(self, visit: dict) -> tuple[str, str, int]:
+        """(psn_no, insutype, year of the governing date): the accumulator row a visit uses."""
+        scheme = next((s for s in self.pack.schemes if s.code == visit.get("insutype")), None)
+        if scheme is None:
+            raise InputError("insutype", "unknown scheme", visit.get("insutype"))
+        if not visit.get("psn_no"):
+            raise InputError("psn_no", "required value is missing", visit.get("psn_no"))
+        field = {"admission": "begndate", "discharge": "enddate", "settlement": "setl_time"}[scheme.governing_date]
+        when = visit.get(field) or (visit.get("enddate") if field == "begndate" else None)
+        if when is None:
+            raise InputError(field, "required value is missing", None)
+        return visit["psn_no"], scheme.code, when.year
+
+    def settle_one(self, visit: dict, lines: list | None = None, acc: dict | None = None,
+                   balance: int = 0, mode="settle") -> OneResult:
+        """One visit with the person's current totals; returns the result and the totals after."""
+        key = self.acc_key(visit)
+        row = {name: visit.get(name) for name, *_ in VISIT_FIELDS}
+        row["acct_balc"] = int(balance)
+        visits = pa.Table.from_pylist([row], schema=_VISIT_SCHEMA_FULL)
+        for name in _PRECOMPUTED_NAMES:
+            if lines is None and name in visit:
+                visits = visits.append_column(name, pa.array([visit[name]], pa.int64()))
+        line_table = pa.Table.from_pylist(list(lines), schema=LINE_SCHEMA) if lines is not None else None
+        batch = self.settle_table(visits, line_table, mode, opening_acc={key: acc or {}})
+        r = batch.table.to_pylist()[0]
+        acc_row = batch.accumulators.to_pylist()[0]
+        amounts = {name: r[name] for name in layout.OUT_COLS}
+        return OneResult(
+            mdtrt_id=r["mdtrt_id"], psn_no=key[0], insutype=key[1], year=key[2],
+            status=r["status"], reason=r["reason"], policy_version=r["policy_version"],
+            amounts=amounts, flags=r["flags"],
+            acc_after={name: acc_row[name] for name in layout.ACC_COLS},
+            balance_after=amounts["balc"],
+            setldetail=self.setldetail(amounts, r["flags"], r["policy_version"]))
+
+    def setldetail(self, amounts: dict, flags: int, version: str) -> list[SetlDetail]:
+        """One row per fund that applies, with its rule and version in words."""
+        rows = []
+        for code, pay, lmt in _FUNDS:
+            if amounts[pay] == 0 and amounts[lmt] < 0 and code != "hifp":
+                continue
+            rows.append(SetlDetail(code, amounts["inscp_scp_amt"], amounts[lmt], amounts[pay],
+                                   fund_trace(code, amounts, flags, version)))
+        return rows
+
+    # --- explain -------------------------------------------------------------------------------
+
+    def explain(self, visits: pa.Table, lines: pa.Table | None, mdtrt_id: str) -> tuple[dict, list[str]]:
+        """The kernel's result for one visit and the reference implementation's step trace of it.
+
+        The person's earlier visits in the table are settled first (same order as the batch), so the
+        trace starts from the same year-to-date totals the kernel used.
+        """
+        from . import reference
+
+        batch = self.settle_table(visits, lines)
+        ids = batch.table.column("mdtrt_id").to_pylist()
+        if mdtrt_id not in ids:
+            raise InputError("mdtrt_id", "no such visit in the file", mdtrt_id)
+        kernel_row = batch.table.slice(ids.index(mdtrt_id), 1).to_pylist()[0]
+        psn = kernel_row["psn_no"]
+        person = [v for v in visits.to_pylist() if v["psn_no"] == psn]
+        person_ids = {v["mdtrt_id"] for v in person}
+        by_visit = None
+        if lines is not None:
+            by_visit = {i: [] for i in person_ids}
+            for line in lines.filter(pa.compute.is_in(lines.column("mdtrt_id"),
+                                                      pa.array(sorted(person_ids)))).to_pylist():
+                by_visit[line["mdtrt_id"]].append(line)
+        trace = reference.explain(self.pack, self.reference_catalogue(), person, by_visit, mdtrt_id)
+        return kernel_row, trace
+
+    def reference_catalogue(self) -> dict:
+        if self._reference_catalogue is None:
+            self._reference_catalogue = self.catalogue.as_dict()
+        return self._reference_catalogue
+
+
+def fund_trace(code: str, a: dict, flags: int, version: str) -> str:
+    """setl_proc_info: what the fund paid and why, in words."""
+    def has(flag):
+        return bool(flags >> _C[flag] & 1)
+    lmt = a[f"{'cvlserv' if code == 'cvlserv' else code}_lmt"]
+    left = "no annual cap" if lmt < 0 else f"{fen(lmt)} of the annual cap left before this visit"
+    if code == "hifp":
+        how = ("quota payment" if has("F_QUOTA") or has("F_BEDDAY") else
+               "banded ratios" if has("F_BANDED") else f"ratio {pct(a['pool_prop_selfpay'])}")
+        extra = [w for f, w in (("F_DENIED", "denied (referral/out-of-area rule)"),
+                                ("F_FLOOR", "disease-group floor"), ("F_OVERRIDE", "disease-group ratio"),
+                                ("F_ESS_UPLIFT", "essential-drug uplift"), ("F_HIFP_CAPPED", "capped"),
+                                ("F_GM_TOPUP", "guaranteed-minimum top-up")) if has(f)]
+        return (f"{version}: basic fund, deductible {fen(a['act_pay_dedc'])}, {how}"
+                + (f" ({', '.join(extra)})" if extra else "") + f"; paid {fen(a['hifp_pay'])}; {left}")
+    names = {"hifob": "large-amount subsidy", "hifmi": "serious-illness insurance",
+             "cvlserv": "civil-servant subsidy", "maf": "medical assistance"}
+    capped = {"hifob": "F_HIFOB_CAPPED", "hifmi": "F_MI_CAPPED", "cvlserv": "F_CVL_CAPPED",
+              "maf": "F_MAF_CAPPED"}[code]
+    form = " (effective-ratio top-up)" if code == "hifmi" and has("F_MI_EFFECTIVE") else ""
+    return (f"{version}: {names[code]}{form} paid {fen(a[code + '_pay'])}"
+            + (" (capped)" if has(capped) else "") + f"; {left}")
+
+
+_PRECOMPUTED_NAMES = ["fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt",
+                      "inscp_essential_amt"]
+_VISIT_SCHEMA_FULL = pa.schema([pa.field(n, t) for n, t, _, _ in VISIT_FIELDS])
+
+
+def read_table(path) -> pa.Table:
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        from pyarrow import csv
+        return csv.read_csv(path)
+    return pq.read_table(path)
+
+
+def write_atomic(table: pa.Table, path, row_group_size=1_000_000) -> None:
+    """Write to a temporary file beside the target and rename: no partial output is ever left."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        pq.write_table(table, tmp, row_group_size=row_group_size)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)

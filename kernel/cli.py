@@ -1,0 +1,222 @@
+"""The `medsettle` command.
+
+    medsettle settle                      # sample pack, sample catalogue, synthetic visits: the demo
+    medsettle settle VISITS.parquet --lines LINES.parquet --out results.parquet [--pack P] [--catalogue C]
+    medsettle explain VISITS.parquet MDTRT_ID [--lines LINES.parquet]
+    medsettle policy check PACK.toml ...
+    medsettle synth --visits N --out DIR
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+
+def _phases(total):
+    return Progress(TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeElapsedColumn(), console=err)
+
+
+def _settler(args):
+    from .api import Settler
+    return Settler.from_files(args.pack, args.catalogue)
+
+
+def cmd_settle(args) -> int:
+    from .api import read_table, write_atomic
+    settler = _settler(args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    steps = ["read", "validate, itemize, settle", "write"]
+    with _phases(len(steps)) as progress:
+        task = progress.add_task("reading input", total=len(steps))
+        if args.visits is None:
+            from .synth import synth_visits
+            progress.update(task, description=f"synthesizing {args.demo_visits:,} visits")
+            visits, lines = synth_visits(settler.pack, settler.catalogue, args.demo_visits, seed=args.seed)
+            vsrc, lsrc = "synthetic visits", "synthetic lines"
+        else:
+            visits = read_table(args.visits)
+            lines = read_table(args.lines) if args.lines else None
+            vsrc, lsrc = str(args.visits), str(args.lines)
+        progress.update(task, advance=1, description=f"settling {visits.num_rows:,} visits")
+        t0 = time.perf_counter()
+        result = settler.settle_table(visits, lines, mode=args.mode, source=vsrc, line_source=lsrc)
+        elapsed = time.perf_counter() - t0
+        progress.update(task, advance=1, description=f"writing {out}")
+        write_atomic(result.table, out)
+        progress.update(task, advance=1, description="done")
+    summary_table(result.table, f"{visits.num_rows:,} visits settled in {elapsed:.2f} s -> {out}")
+    return 0
+
+
+def summary_table(table, title):
+    """Visits, total cost, totals per fund, patient share and the actual compensation ratio."""
+    import pyarrow.compute as pc
+    from .api import fen, pct
+
+    def total(name):
+        return int(pc.sum(table.column(name)).as_py() or 0)
+
+    cost = total("medfee_sumamt")
+    funds = total("fund_pay_sumamt")
+    t = Table(title=title, title_justify="left")
+    t.add_column("item")
+    t.add_column("yuan", justify="right")
+    t.add_column("share of cost", justify="right")
+    t.add_row("visits", f"{table.num_rows:,}", "")
+    t.add_row("total cost (medfee_sumamt)", fen(cost), "100%")
+    for label, name in [("basic pooled fund (hifp_pay)", "hifp_pay"),
+                        ("large-amount subsidy (hifob_pay)", "hifob_pay"),
+                        ("serious illness (hifmi_pay)", "hifmi_pay"),
+                        ("civil-servant subsidy (cvlserv_pay)", "cvlserv_pay"),
+                        ("medical assistance (maf_pay)", "maf_pay"),
+                        ("all funds (fund_pay_sumamt)", "fund_pay_sumamt"),
+                        ("patient (psn_part_amt)", "psn_part_amt"),
+                        ("  of which personal account", "acct_pay"),
+                        ("  of which cash", "psn_cash_pay"),
+                        ("hospital (hosp_part_amt)", "hosp_part_amt")]:
+        v = total(name)
+        t.add_row(label, fen(v), pct(v * 10000 // cost) if cost else "")
+    t.add_row("actual compensation ratio (实际补偿比)", "", pct(funds * 10000 // cost) if cost else "")
+    console.print(t)
+    counts = table.group_by("status").aggregate([("mdtrt_id", "count")]).to_pylist()
+    s = Table(title="visits by status", title_justify="left")
+    s.add_column("status")
+    s.add_column("visits", justify="right")
+    for row in sorted(counts, key=lambda r: -r["mdtrt_id_count"]):
+        s.add_row(str(row["status"]), f"{row['mdtrt_id_count']:,}")
+    console.print(s)
+
+
+def cmd_explain(args) -> int:
+    from .api import fen, pct, read_table
+    from .layout import OUT_COLS
+    settler = _settler(args)
+    visits = read_table(args.visits)
+    lines = read_table(args.lines) if args.lines else None
+    row, trace = settler.explain(visits, lines, args.mdtrt_id)
+    console.print(f"[bold]Visit {row['mdtrt_id']}[/bold] of person {row['psn_no']}: status {row['status']}"
+                  + (f" ({row['reason']})" if row["reason"] else "") + f", policy {row['policy_version']}")
+    console.print("\n[bold]Steps, in the order the chain applies them[/bold]")
+    for k, step in enumerate(trace, 1):
+        console.print(f"{k:>2}. {step}")
+    t = Table(title="Result (kernel)", title_justify="left")
+    t.add_column("field")
+    t.add_column("value", justify="right")
+    for name in OUT_COLS:
+        t.add_row(name, pct(row[name]) if name == "pool_prop_selfpay" else fen(row[name]))
+    console.print(t)
+    return 0
+
+
+def cmd_policy_check(args) -> int:
+    from .compile import compile_pack
+    from .policy import load_pack
+    status = 0
+    for path in args.packs:
+        try:
+            pack = load_pack(path)
+            compiled = compile_pack(pack)
+        except ValueError as e:
+            err.print(f"[red]error[/red] {e}")
+            status = 2
+            continue
+        t = Table(title=f"{path}: pack {pack.name} (region {pack.region}) is valid", title_justify="left")
+        for c in ("scheme", "version", "from", "to", "governing date", "med types covered"):
+            t.add_column(c)
+        for scheme in pack.schemes:
+            for v in scheme.versions:
+                t.add_row(scheme.code, v.id, str(v.effective_from), str(v.effective_to or "open"),
+                          scheme.governing_date, ", ".join(v.med_types))
+        console.print(t)
+        console.print(f"compiled: {compiled.rules.shape[0]} rule rows, {compiled.diseases.shape[0]} disease rows, "
+                      f"{compiled.bands.shape[0]} band sets")
+    return status
+
+
+def cmd_synth(args) -> int:
+    import pyarrow.parquet as pq
+    from .synth import synth_visits
+    settler = _settler(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with _phases(1) as progress:
+        task = progress.add_task(f"synthesizing {args.visits:,} visits", total=1)
+        visits, lines = synth_visits(settler.pack, settler.catalogue, args.visits, seed=args.seed)
+        pq.write_table(visits, out / "visits.parquet")
+        pq.write_table(lines, out / "lines.parquet")
+        progress.update(task, advance=1)
+    console.print(f"{visits.num_rows:,} visits and {lines.num_rows:,} lines written to {out}/")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medsettle", description="Settle medical-insurance visits, to the fen.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp):
+        sp.add_argument("--pack", help="policy pack TOML (default: the shipped sample rural pack)")
+        sp.add_argument("--catalogue", help="catalogue CSV/Parquet (default: the shipped sample)")
+
+    s = sub.add_parser("settle", help="settle a file of visits (no file: a synthetic demo)")
+    s.add_argument("visits", nargs="?", help="visits Parquet/CSV; omitted: synthetic visits")
+    s.add_argument("--lines", help="line items Parquet/CSV (else the visits carry precomputed amounts)")
+    s.add_argument("--out", default="out/results.parquet", help="results Parquet (default %(default)s)")
+    s.add_argument("--mode", choices=["settle", "presettle"], default="settle")
+    s.add_argument("--demo-visits", type=int, default=200_000, help="synthetic visits when no file is given")
+    s.add_argument("--seed", type=int, default=1)
+    common(s)
+    s.set_defaults(func=cmd_settle)
+
+    e = sub.add_parser("explain", help="the step trace of one visit")
+    e.add_argument("visits")
+    e.add_argument("mdtrt_id")
+    e.add_argument("--lines")
+    common(e)
+    e.set_defaults(func=cmd_explain)
+
+    pol = sub.add_parser("policy", help="policy packs")
+    psub = pol.add_subparsers(dest="policy_command", required=True)
+    chk = psub.add_parser("check", help="validate and compile packs")
+    chk.add_argument("packs", nargs="+")
+    chk.set_defaults(func=cmd_policy_check)
+
+    sy = sub.add_parser("synth", help="write synthetic visits and lines")
+    sy.add_argument("--visits", type=int, default=100_000)
+    sy.add_argument("--seed", type=int, default=1)
+    sy.add_argument("--out", default="out/synth")
+    common(sy)
+    sy.set_defaults(func=cmd_synth)
+
+    try:
+        from server.cli import add_subcommands
+    except ImportError:
+        pass
+    else:
+        add_subcommands(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    from .errors import InputError
+    from .policy import PolicyError
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (InputError, PolicyError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
