@@ -1,0 +1,151 @@
+"""SETTLEMENT.md section 9: bad input gets an error naming field, row or line, rule and value; nothing is written."""
+import datetime as dt
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from kernel.api import Settler, shipped_pack_path
+from kernel.cli import main
+from kernel.errors import InputError
+
+Y = 100
+
+
+def good_visit(mdtrt_id="V1", **over):
+    v = {"mdtrt_id": mdtrt_id, "psn_no": "P1", "insutype": "rural", "medins_lv": "2", "med_type": "21",
+         "begndate": dt.date(2013, 6, 1), "enddate": dt.date(2013, 6, 15),
+         "setl_time": dt.datetime(2013, 6, 15, 10), "medfee_sumamt": 300 * Y}
+    v.update(over)
+    return v
+
+
+def good_lines(mdtrt_id="V1", code=None):
+    return [{"mdtrt_id": mdtrt_id, "line_no": 1, "hilist_code": code, "cnt": 2, "pric": 100 * Y,
+             "det_item_fee_sumamt": 200 * Y},
+            {"mdtrt_id": mdtrt_id, "line_no": 2, "hilist_code": code, "cnt": 1, "pric": 100 * Y,
+             "det_item_fee_sumamt": 100 * Y}]
+
+
+@pytest.fixture(scope="module")
+def settler():
+    return Settler.from_files(shipped_pack_path("sample_rural"))
+
+
+@pytest.fixture(scope="module")
+def code(settler):
+    return settler.catalogue.codes[0].as_py()
+
+
+def refuse(settler, visits, lines, field, words, value=None, line=None, row=None):
+    with pytest.raises(InputError) as e:
+        settler.settle_table(pa.Table.from_pylist(visits),
+                             pa.Table.from_pylist(lines) if lines is not None else None)
+    err = e.value
+    assert err.field == field
+    assert words in str(err)
+    if value is not None:
+        assert err.value == value
+    if line is not None:
+        assert err.line == line
+    if row is not None:
+        assert err.row == row
+    return err
+
+
+def test_a_good_visit_settles(settler, code):
+    rows = settler.settle_table(pa.Table.from_pylist([good_visit()]),
+                                pa.Table.from_pylist(good_lines(code=code))).table.to_pylist()
+    assert rows[0]["medfee_sumamt"] == 300 * Y
+
+
+def test_negative_price(settler, code):
+    lines = good_lines(code=code)
+    lines[1].update(pric=-100 * Y, det_item_fee_sumamt=-100 * Y)
+    refuse(settler, [good_visit()], lines, "pric", "negative", value=-100 * Y, line=2)
+
+
+def test_non_integer_money_in_a_visit(settler):
+    v = good_visit(fulamt_ownpay_amt=0, overlmt_selfpay=0, preselfpay_amt=0, inscp_scp_amt=12.5)
+    refuse(settler, [v], None, "inscp_scp_amt", "int64", value=12.5, row=1)
+
+
+def test_negative_quantity(settler, code):
+    lines = good_lines(code=code)
+    lines[0].update(cnt=-2, det_item_fee_sumamt=-200 * Y)
+    refuse(settler, [good_visit()], lines, "cnt", "whole number", value=-2, line=1)
+
+
+def test_amount_not_cnt_times_price(settler, code):
+    lines = good_lines(code=code)
+    lines[0]["det_item_fee_sumamt"] = 199 * Y
+    refuse(settler, [good_visit(medfee_sumamt=299 * Y)], lines, "det_item_fee_sumamt", "cnt x pric", line=1)
+
+
+def test_total_not_sum_of_lines(settler, code):
+    refuse(settler, [good_visit(medfee_sumamt=301 * Y)], good_lines(code=code), "medfee_sumamt",
+           "not the sum of the lines", value=301 * Y, row=1)
+
+
+def test_unknown_catalogue_code_refused(settler):
+    refuse(settler, [good_visit()], good_lines(code="NO-SUCH-CODE"), "hilist_code", "not in the catalogue",
+           value="NO-SUCH-CODE", line=1)
+
+
+def test_date_with_no_version_in_force(settler, code):
+    v = good_visit(begndate=dt.date(2011, 3, 1), enddate=dt.date(2011, 3, 5), setl_time=dt.datetime(2011, 3, 5))
+    refuse(settler, [v], good_lines(code=code), "enddate", "no policy version", value="2011-03-05", row=1)
+
+
+@pytest.mark.parametrize("field,value", [("insutype", "martian"), ("medins_lv", "9"), ("med_type", "99"),
+                                         ("inj_cause", "meteor"), ("psn_cats", "astronaut")])
+def test_unknown_codes(settler, code, field, value):
+    refuse(settler, [good_visit(**{field: value})], good_lines(code=code), field, "unknown", value=value, row=1)
+
+
+def test_overflow(settler, code):
+    lines = good_lines(code=code)
+    lines[0].update(cnt=10**8, pric=10**8, det_item_fee_sumamt=10**16)
+    refuse(settler, [good_visit()], lines, "det_item_fee_sumamt", "overflow", line=1)
+
+
+def test_duplicate_line_ids(settler, code):
+    lines = good_lines(code=code)
+    lines[1]["line_no"] = 1
+    refuse(settler, [good_visit()], lines, "line_no", "duplicate", value=1, line=2)
+
+
+def test_duplicate_visit_ids(settler, code):
+    refuse(settler, [good_visit(), good_visit()], good_lines(code=code), "mdtrt_id", "duplicate", row=2)
+
+
+def test_missing_required_column(settler, code):
+    v = good_visit()
+    del v["med_type"]
+    refuse(settler, [v], good_lines(code=code), "med_type", "missing")
+
+
+def test_line_of_unknown_visit(settler, code):
+    refuse(settler, [good_visit()], good_lines(code=code) + good_lines("V9", code=code), "mdtrt_id",
+           "not in the visits", value="V9", line=3)
+
+
+def test_pending_cause_is_refused_by_settle_and_provisional_in_presettle(settler, code):
+    table = pa.Table.from_pylist([good_visit(inj_cause="pending")])
+    lines = pa.Table.from_pylist(good_lines(code=code))
+    settled = settler.settle_table(table, lines, mode="settle")
+    row = settled.table.to_pylist()[0]
+    assert (row["status"], row["reason"], row["fund_pay_sumamt"]) == ("REFUSED", "pending_cause", 0)
+    assert all(v == 0 for k, v in settled.accumulators.to_pylist()[0].items() if k.startswith("A_"))
+    pre = settler.settle_table(table, lines, mode="presettle").table.to_pylist()[0]
+    assert pre["status"] == "PROVISIONAL" and pre["fund_pay_sumamt"] > 0
+
+
+def test_cli_writes_nothing_on_bad_input(tmp_path, code):
+    visits, lines = tmp_path / "v.parquet", tmp_path / "l.parquet"
+    pq.write_table(pa.Table.from_pylist([good_visit(medfee_sumamt=999 * Y)]), visits)
+    pq.write_table(pa.Table.from_pylist(good_lines(code=code)), lines)
+    out = tmp_path / "results.parquet"
+    assert main(["settle", str(visits), "--lines", str(lines), "--out", str(out)]) == 2
+    assert not out.exists()
+    assert set(tmp_path.iterdir()) == {visits, lines}
