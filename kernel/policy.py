@@ -21,7 +21,7 @@ from typing import Literal
 
 import msgspec
 
-from .layout import DENY
+from .layout import BAND_MAX, DENY
 
 
 class PolicyError(ValueError):
@@ -164,6 +164,7 @@ class DiseaseRule(_S, kw_only=True):
     override: Ratio | None = None
     deductible_once_a_year: bool = False
     quota: Quota | None = None
+    med_types: list[str] | None = None            # None: every med type the version covers
 
 
 class LargeAmount(_S, kw_only=True):
@@ -279,6 +280,54 @@ def _format_path(msg):
     return "$", msg
 
 
+_SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
+
+def _name_dict_keys(raw, where):
+    """msgspec writes a dict key as `[...]`; find the key whose value fails and name it.
+
+    Each dict on the path is cut down to one key at a time and the pack converted again: the key
+    that still fails is the one. Returns the path with every `[...]` replaced by `.key`.
+    """
+    original = where
+    while "[...]" in where:
+        head, _, tail = where.partition("[...]")
+        steps = [(m[1], m[2]) for m in _SEGMENT.finditer(head)]
+        try:
+            node = raw
+            for name, index in steps:
+                node = node[name] if name else node[int(index)]
+        except (KeyError, IndexError, TypeError):
+            return where
+        if not isinstance(node, dict):
+            return where
+        culprit = None
+        for key in node:
+            trial = _replace_at(raw, steps, {key: node[key]})
+            try:
+                msgspec.convert(trial, Pack, dec_hook=_dec_hook)
+            except msgspec.ValidationError as e:
+                if _format_path(str(e))[0] == original:
+                    culprit = key
+                    break
+        if culprit is None:
+            return where
+        where = f"{head}.{culprit}{tail}"
+        raw = _replace_at(raw, steps, {culprit: node[culprit]})
+    return where
+
+
+def _replace_at(obj, steps, value):
+    """A copy of obj with the node at steps replaced by value (only the path is copied)."""
+    if not steps:
+        return value
+    (name, index), rest = steps[0], steps[1:]
+    if name:
+        return {**obj, name: _replace_at(obj[name], rest, value)}
+    i = int(index)
+    return [*obj[:i], _replace_at(obj[i], rest, value), *obj[i + 1:]]
+
+
 def load_pack(path) -> Pack:
     """Decode, merge inherited versions, validate: a Pack or a PolicyError naming file and key path."""
     path = Path(path)
@@ -315,16 +364,222 @@ def pack_from_raw(raw: dict, source="<pack>") -> Pack:
                 versions.append(version)
             resolved.append({**scheme, "versions": versions})
         raw["schemes"] = resolved
+    raw = _strip_none(raw)
     try:
-        pack = msgspec.convert(_strip_none(raw), Pack, dec_hook=_dec_hook)
+        pack = msgspec.convert(raw, Pack, dec_hook=_dec_hook)
     except msgspec.ValidationError as e:
         where, what = _format_path(str(e))
-        raise PolicyError(source, where, what) from None
+        raise PolicyError(source, _name_dict_keys(raw, where), what) from None
     validate(pack, source)
     return pack
 
 
 def validate(pack: Pack, source="<pack>") -> None:
-    """Cross-references and ranges msgspec cannot check; raises PolicyError on the first problem."""
-    # Filled in by the policy compiler work: names exist, dates do not overlap, bands ascend, ...
-    return None
+    """Cross-references and ranges msgspec cannot check; raises PolicyError on the first problem.
+
+    Key paths name dict entries by key (``$.schemes[0].versions[1].med_types.21.ratio.9``).
+    """
+    def fail(path, message):
+        raise PolicyError(source, path, message)
+
+    def unique(values, path, what):
+        seen = set()
+        for i, v in enumerate(values):
+            if not v:
+                fail(f"{path}[{i}]", f"{what} must not be empty")
+            if v in seen:
+                fail(f"{path}[{i}]", f"duplicate {what} {v!r}")
+            seen.add(v)
+
+    def known(value, allowed, path, what):
+        if value not in allowed:
+            fail(path, f"unknown {what} {value!r} (known: {', '.join(map(repr, allowed))})")
+
+    def known_all(values, allowed, path, what):
+        for i, v in enumerate(values or []):
+            known(v, allowed, f"{path}[{i}]", what)
+
+    def known_keys(mapping, allowed, path, what):
+        for k in mapping:
+            known(k, allowed, f"{path}.{k}", what)
+
+    def check_bands(bands, path):
+        if len(bands) > BAND_MAX:
+            fail(path, f"at most {BAND_MAX} bands, got {len(bands)}")
+        if bands and bands[0].start != 0:
+            fail(f"{path}[0].start", f"the first band must start at 0, got {_yuan(bands[0].start)}")
+        for i in range(1, len(bands)):
+            if bands[i].start <= bands[i - 1].start:
+                fail(f"{path}[{i}].start",
+                     f"bands must ascend strictly: {_yuan(bands[i].start)} after {_yuan(bands[i - 1].start)}")
+
+    def check_cap(obj, path):
+        cap, formula = getattr(obj, "cap", None), getattr(obj, "cap_formula", None)
+        if cap is not None and formula is not None:
+            fail(path, "give `cap` or `cap_formula`, not both")
+        if formula is not None and formula.multiplier < 1:
+            fail(f"{path}.cap_formula.multiplier", f"must be at least 1, got {formula.multiplier}")
+
+    levels = [lv.code for lv in pack.levels]
+    med_types = [mt.code for mt in pack.med_types]
+    groups = [g.code for g in pack.disease_groups]
+    cats, causes = pack.categories, pack.injury_causes
+    if not levels:
+        fail("$.levels", "a pack needs at least one level")
+    if not med_types:
+        fail("$.med_types", "a pack needs at least one med type")
+    if not pack.schemes:
+        fail("$.schemes", "a pack needs at least one scheme")
+    unique(levels, "$.levels", "level code")
+    unique(med_types, "$.med_types", "med type code")
+    unique(groups, "$.disease_groups", "disease group code")
+    unique(cats, "$.categories", "category")
+    unique(causes, "$.injury_causes", "injury cause")
+    unique([s.code for s in pack.schemes], "$.schemes", "scheme code")
+    if len(cats) > 8:
+        fail("$.categories", f"at most 8 categories (bits of a visit's mask), got {len(cats)}")
+    if len(causes) > 63:
+        fail("$.injury_causes", f"at most 63 injury causes, got {len(causes)}")
+    if "none" not in causes:
+        fail("$.injury_causes", f"must include \"none\" (a visit without a cause), got {causes!r}")
+    if len(groups) > 32000:
+        fail("$.disease_groups", f"at most 32000 disease groups, got {len(groups)}")
+    for gi, g in enumerate(pack.disease_groups):
+        path = f"$.disease_groups[{gi}]"
+        if not g.icd10:
+            fail(f"{path}.icd10", f"group {g.code!r} lists no ICD-10 prefix")
+        for pi, prefix in enumerate(g.icd10):
+            if not prefix or prefix != prefix.strip() or " " in prefix:
+                fail(f"{path}.icd10[{pi}]", f"an ICD-10 prefix like \"C34\", got {prefix!r}")
+        for field in ("min_age", "max_age"):
+            age = getattr(g, field)
+            if age is not None and not 0 <= age <= 150:
+                fail(f"{path}.{field}", f"an age in whole years 0..150, got {age}")
+        if g.min_age is not None and g.max_age is not None and g.min_age > g.max_age:
+            fail(f"{path}.max_age", f"max_age {g.max_age} is below min_age {g.min_age}")
+
+    for si, scheme in enumerate(pack.schemes):
+        spath = f"$.schemes[{si}]"
+        if not scheme.versions:
+            fail(f"{spath}.versions", f"scheme {scheme.code!r} has no version")
+        unique([v.id for v in scheme.versions], f"{spath}.versions", "version id")
+        ids = [v.id for v in scheme.versions]
+        for vi, v in enumerate(scheme.versions):
+            vpath = f"{spath}.versions[{vi}]"
+            if v.inherits is not None:
+                known(v.inherits, ids[:vi], f"{vpath}.inherits", "earlier version")
+            if v.effective_to is not None and v.effective_to < v.effective_from:
+                fail(f"{vpath}.effective_to",
+                     f"effective_to {v.effective_to} is before effective_from {v.effective_from}")
+            _validate_version(v, vpath, levels, med_types, groups, cats, causes, scheme, fail,
+                              known, known_all, known_keys, check_bands, check_cap)
+        spans = sorted(enumerate(scheme.versions), key=lambda iv: iv[1].effective_from)
+        for (_, prev), (vi, v) in zip(spans, spans[1:]):
+            if prev.effective_to is None or prev.effective_to >= v.effective_from:
+                fail(f"{spath}.versions[{vi}].effective_from",
+                     f"version {v.id!r} from {v.effective_from} overlaps version {prev.id!r} "
+                     f"({prev.effective_from} to {prev.effective_to or 'open-ended'})")
+
+
+def _yuan(fen):
+    return f"{fen // 100}.{fen % 100:02d} yuan"
+
+
+def _validate_version(v, vpath, levels, med_types, groups, cats, causes, scheme, fail,
+                      known, known_all, known_keys, check_bands, check_cap):
+    known_all(v.excluded_causes, causes, f"{vpath}.excluded_causes", "injury cause")
+    known_all(v.pending_causes, causes, f"{vpath}.pending_causes", "injury cause")
+    for name in ("excluded_causes", "pending_causes"):
+        if "none" in getattr(v, name):
+            fail(f"{vpath}.{name}", f"\"none\" (no injury) cannot be in {name}")
+    both = sorted(set(v.excluded_causes) & set(v.pending_causes))
+    if both:
+        fail(f"{vpath}.pending_causes", f"cause {both[0]!r} is both excluded and pending")
+
+    known_keys(v.med_types, med_types, f"{vpath}.med_types", "med type")
+    for code, rule in v.med_types.items():
+        rpath = f"{vpath}.med_types.{code}"
+        known_keys(rule.ratio, levels, f"{rpath}.ratio", "level")
+        if rule.bands:
+            check_bands(rule.bands, f"{rpath}.bands")
+            if rule.ratio:
+                fail(f"{rpath}.ratio", "bands replace the ratio by level: give `bands` or `ratio`, "
+                     f"not both (got ratio {dict(rule.ratio)!r})")
+            if rule.essential_drugs is not None:
+                fail(f"{rpath}.essential_drugs", "the essential-drug uplift does not apply with bands")
+        else:
+            for level in levels:
+                if level not in rule.ratio:
+                    fail(f"{rpath}.ratio", f"no ratio for level {level!r} of covered med type {code!r} "
+                         f"(write \"0%\" to pay nothing there); got {dict(rule.ratio)!r}")
+        if rule.essential_drugs == DENY:
+            fail(f"{rpath}.essential_drugs", "an uplift in points like \"+15%\", not \"deny\"")
+        ded = rule.deductible
+        known_keys(ded.amount, levels, f"{rpath}.deductible.amount", "level")
+        if len(ded.nth_admission) > 3:
+            fail(f"{rpath}.deductible.nth_admission",
+                 f"at most 3 shares (1st, 2nd, 3rd and later admission), got {len(ded.nth_admission)}")
+        known_all(ded.waived_categories, cats, f"{rpath}.deductible.waived_categories", "category")
+
+    for name, pool in v.pools.items():
+        known(name, ["inpatient", "outpatient"], f"{vpath}.pools.{name}", "pool")
+        check_cap(pool, f"{vpath}.pools.{name}")
+
+    adj = v.adjustments
+    known_keys(adj.categories, cats, f"{vpath}.adjustments.categories", "category")
+    for cat, delta in adj.categories.items():
+        if delta == DENY:
+            fail(f"{vpath}.adjustments.categories.{cat}",
+                 "a category changes the ratio in points like \"+5%\"; \"deny\" is not allowed here")
+    known_all(adj.referral_required_levels, levels, f"{vpath}.adjustments.referral_required_levels", "level")
+
+    seen = {}   # (group, field) -> (disease rule index, med types) for conflict checks
+    for di, rule in enumerate(v.diseases):
+        dpath = f"{vpath}.diseases[{di}]"
+        if not rule.groups:
+            fail(f"{dpath}.groups", "a disease rule lists at least one group")
+        known_all(rule.groups, groups, f"{dpath}.groups", "disease group")
+        known_all(rule.med_types, med_types, f"{dpath}.med_types", "med type")
+        if rule.quota is not None:
+            known_keys(rule.quota.amount, levels, f"{dpath}.quota.amount", "level")
+        mts = set(med_types if rule.med_types is None else rule.med_types)
+        for group in rule.groups:
+            for field in ("floor", "override", "quota"):
+                if getattr(rule, field) is None:
+                    continue
+                for dj, other in seen.get((group, field), []):
+                    if mts & other:
+                        fail(f"{dpath}.{field}", f"group {group!r} already has a {field} from "
+                             f"{vpath}.diseases[{dj}] for med type {sorted(mts & other)[0]!r}")
+                seen.setdefault((group, field), []).append((di, mts))
+
+    for name in ("large_amount", "serious_illness", "civil_servant", "assistance", "guaranteed_minimum"):
+        layer = getattr(v, name)
+        if layer is not None:
+            known_all(layer.med_types, med_types, f"{vpath}.{name}.med_types", "med type")
+    mi = v.serious_illness
+    if mi is not None:
+        mpath = f"{vpath}.serious_illness"
+        if mi.form == "bands":
+            if not mi.bands:
+                fail(f"{mpath}.bands", "form \"bands\" needs bands")
+            check_bands(mi.bands, f"{mpath}.bands")
+            if mi.effective_ratio is not None or mi.category_ratio:
+                fail(mpath, "effective_ratio / category_ratio belong to form \"effective_ratio\"")
+        else:
+            if mi.effective_ratio is None:
+                fail(f"{mpath}.effective_ratio", "form \"effective_ratio\" needs effective_ratio")
+            if mi.bands:
+                fail(f"{mpath}.bands", "form \"effective_ratio\" takes no bands")
+            if mi.trigger != "per_admission":
+                fail(f"{mpath}.trigger", f"form \"effective_ratio\" is triggered per visit, got {mi.trigger!r}")
+            known_keys(mi.category_ratio, cats, f"{mpath}.category_ratio", "category")
+            if len(set(mi.category_ratio.values())) > 1:
+                fail(f"{mpath}.category_ratio", "one ratio for every listed category (the kernel has one), "
+                     f"got {dict(mi.category_ratio)!r}")
+    for name in ("civil_servant", "assistance"):
+        layer = getattr(v, name)
+        if layer is not None:
+            known_all(layer.categories, cats, f"{vpath}.{name}.categories", "category")
+            if not layer.categories:
+                fail(f"{vpath}.{name}.categories", "list at least one category")
