@@ -26,7 +26,11 @@ def write_layout_pxi():
 
 
 def generate_grpc_stubs():
-    """server/*_pb2.py and *_pb2_grpc.py from proto/, with grpcio-tools."""
+    """server/*_pb2.py and *_pb2_grpc.py from proto/medsettle/v1/, with grpcio-tools.
+
+    The include path maps proto/medsettle/v1 to the virtual directory `server`, so the generated
+    modules land flat in the `server` package and import each other as `from server import ...`.
+    """
     protos = sorted((HERE / "proto").glob("medsettle/v1/*.proto"))
     if not protos:
         return
@@ -34,9 +38,9 @@ def generate_grpc_stubs():
     import grpc_tools
     include = str(Path(grpc_tools.__file__).parent / "_proto")
     for proto in protos:
-        rc = protoc.main(["grpc_tools.protoc", f"-I{HERE / 'proto'}", f"-I{include}",
-                          f"--python_out={HERE / 'server'}", f"--grpc_python_out={HERE / 'server'}",
-                          f"--pyi_out={HERE / 'server'}", str(proto)])
+        rc = protoc.main(["grpc_tools.protoc", f"-Iserver={HERE / 'proto' / 'medsettle' / 'v1'}",
+                          f"-I{include}", f"--python_out={HERE}", f"--grpc_python_out={HERE}",
+                          f"--pyi_out={HERE}", str(proto)])
         if rc != 0:
             sys.exit(f"protoc failed on {proto}")
 

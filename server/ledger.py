@@ -1,0 +1,360 @@
+"""The ledger: a journal of settlements and reversals, accumulators, personal-account balances.
+
+`Ledger` is the interface the server codes against; `SqliteLedger` implements it on one SQLite
+file so a server database can replace it later. The ledger knows no rules: it stores what the
+kernel computed and adds the per-visit accumulator deltas (SETTLEMENT.md section 5).
+
+Durability: every commit is fsync'd (WAL, synchronous=FULL) before its future resolves, and a
+single writer thread commits whatever requests are waiting in one transaction (group commit), so
+concurrent settlements share one fsync.
+
+Invariant (checked by the crash test): for every (psn_no, insutype, year), each accumulator equals
+the sum of its journal rows' deltas, and each balance equals its opening balance plus the sum of
+the journal's balance deltas.
+"""
+from __future__ import annotations
+
+import abc
+import asyncio
+import queue
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+
+from kernel.layout import ACC_COLS
+
+# ACC_COLS "A_DED_PAID" -> journal delta column "d_ded_paid" and accumulator column "ded_paid"
+ACC_NAMES = [name[2:].lower() for name in ACC_COLS]
+
+
+class LedgerConflict(Exception):
+    """A commit the ledger refuses: reason is "already_reversed", "duplicate_request", ..."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class SettlementRecord:
+    """One journal row of kind "settle" (a settled visit), as committed."""
+    institution: str
+    request_id: str
+    request_hash: bytes
+    mdtrt_id: str
+    psn_no: str
+    insutype: str
+    year: int
+    status: str
+    result: bytes                   # the server's encoding of the result (opaque to the ledger)
+    acc_delta: list[int]            # per ACC_COLS: acc_after - acc_before
+    balance_delta: int              # balance_after - balance_before
+    opening_balance: int | None     # the balance used when the ledger had none for this person
+    setl_id: int = 0                # assigned by the ledger
+    reversed_by: int | None = None  # journal id of the reversal, if reversed
+
+
+@dataclass
+class PersonState:
+    """What a settlement reads: one accumulator row and the person's account balance."""
+    acc: dict[str, int] = field(default_factory=dict)   # ACC_COLS name -> value
+    balance: int | None = None                          # None: the ledger has no account yet
+
+
+class Ledger(abc.ABC):
+    """Storage for the real-time path. Reads are point look-ups; commits are durable on return."""
+
+    @abc.abstractmethod
+    def find_request(self, institution: str, request_id: str) -> SettlementRecord | None:
+        """The settlement an institution made with this request id, if any."""
+
+    @abc.abstractmethod
+    def get(self, setl_id: int) -> SettlementRecord | None:
+        """A settlement by journal id (any institution: the caller checks ownership)."""
+
+    @abc.abstractmethod
+    def read_state(self, psn_no: str, insutype: str, year: int) -> PersonState:
+        """The accumulator row and the balance a settlement of this person reads."""
+
+    @abc.abstractmethod
+    def accumulators(self, psn_no: str, insutype: str | None = None,
+                     year: int | None = None) -> tuple[int | None, list[tuple[str, int, dict]]]:
+        """(balance or None, [(insutype, year, {ACC name: value})]) of a person."""
+
+    @abc.abstractmethod
+    async def commit_settlement(self, record: SettlementRecord) -> int:
+        """Journal the settlement and apply its deltas in one durable transaction; its setl_id."""
+
+    @abc.abstractmethod
+    async def commit_reversal(self, setl_id: int, institution: str) -> int:
+        """Journal a reversal of setl_id and subtract its deltas, once; the reversal's id.
+        Raises LedgerConflict("already_reversed") the second time."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Commit what is queued, then release the store."""
+
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS journal (
+    setl_id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,                 -- settle | reverse
+    institution TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    request_hash BLOB,
+    mdtrt_id TEXT,
+    psn_no TEXT NOT NULL,
+    insutype TEXT NOT NULL,
+    year INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    reverses INTEGER UNIQUE,            -- on a reversal: the settlement it undoes (once)
+    reversed_by INTEGER,                -- on a settlement: its reversal
+    committed_at REAL NOT NULL,
+    {", ".join(f"d_{n} INTEGER NOT NULL" for n in ACC_NAMES)},
+    d_balance INTEGER NOT NULL,
+    result BLOB
+);
+CREATE UNIQUE INDEX IF NOT EXISTS journal_request ON journal(institution, request_id, kind);
+CREATE INDEX IF NOT EXISTS journal_person ON journal(psn_no, insutype, year);
+CREATE TABLE IF NOT EXISTS accumulator (
+    psn_no TEXT NOT NULL, insutype TEXT NOT NULL, year INTEGER NOT NULL,
+    {", ".join(f"{n} INTEGER NOT NULL" for n in ACC_NAMES)},
+    PRIMARY KEY (psn_no, insutype, year)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS account (
+    psn_no TEXT PRIMARY KEY,
+    opening INTEGER NOT NULL,           -- balance when the ledger first saw the person
+    balance INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+_RECORD_COLS = ("setl_id, institution, request_id, request_hash, mdtrt_id, psn_no, insutype, year, "
+                "status, result, " + ", ".join(f"d_{n}" for n in ACC_NAMES)
+                + ", d_balance, reversed_by")
+_INSERT_JOURNAL = (
+    "INSERT INTO journal (kind, institution, request_id, request_hash, mdtrt_id, psn_no, insutype, "
+    "year, status, reverses, committed_at, " + ", ".join(f"d_{n}" for n in ACC_NAMES)
+    + ", d_balance, result) VALUES (" + ", ".join("?" * (13 + len(ACC_NAMES))) + ")")
+_UPSERT_ACC = (
+    "INSERT INTO accumulator (psn_no, insutype, year, " + ", ".join(ACC_NAMES) + ") VALUES ("
+    + ", ".join("?" * (3 + len(ACC_NAMES))) + ") ON CONFLICT (psn_no, insutype, year) DO UPDATE SET "
+    + ", ".join(f"{n} = {n} + excluded.{n}" for n in ACC_NAMES))
+_UPSERT_ACCOUNT = ("INSERT INTO account (psn_no, opening, balance) VALUES (?, ?, ?) "
+                   "ON CONFLICT (psn_no) DO UPDATE SET balance = balance + ?")
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")       # fsync the WAL at every commit
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+def _record(row) -> SettlementRecord:
+    n = len(ACC_NAMES)
+    return SettlementRecord(
+        setl_id=row[0], institution=row[1], request_id=row[2], request_hash=row[3], mdtrt_id=row[4],
+        psn_no=row[5], insutype=row[6], year=row[7], status=row[8], result=row[9],
+        acc_delta=list(row[10:10 + n]), balance_delta=row[10 + n], opening_balance=None,
+        reversed_by=row[11 + n])
+
+
+class _Op:
+    """A queued commit: apply(conn) runs inside the writer's transaction."""
+    __slots__ = ("apply", "future")
+
+    def __init__(self, apply, future):
+        self.apply, self.future = apply, future
+
+
+_STOP = object()
+
+
+class SqliteLedger(Ledger):
+    """The ledger on one SQLite file; one writer thread does group commit.
+
+    Reads use a second connection from the caller's thread (WAL readers never block the writer).
+    """
+
+    def __init__(self, path: str, max_batch: int = 512):
+        self.path = str(path)
+        self.max_batch = max_batch
+        self._reader = _connect(self.path)
+        self._reader.executescript(_SCHEMA)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer_conn = _connect(self.path)
+        self._closed = False
+        self.batches = 0            # transactions committed (for the benchmark's batch size)
+        self.ops = 0
+        self._thread = threading.Thread(target=self._write_loop, name="ledger-writer", daemon=True)
+        self._thread.start()
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    def find_request(self, institution, request_id):
+        row = self._reader.execute(
+            f"SELECT {_RECORD_COLS} FROM journal WHERE institution = ? AND request_id = ? "
+            "AND kind = 'settle'", (institution, request_id)).fetchone()
+        return _record(row) if row else None
+
+    def get(self, setl_id):
+        row = self._reader.execute(
+            f"SELECT {_RECORD_COLS} FROM journal WHERE setl_id = ? AND kind = 'settle'",
+            (setl_id,)).fetchone()
+        return _record(row) if row else None
+
+    def read_state(self, psn_no, insutype, year):
+        row = self._reader.execute(
+            f"SELECT {', '.join(ACC_NAMES)} FROM accumulator WHERE psn_no = ? AND insutype = ? "
+            "AND year = ?", (psn_no, insutype, year)).fetchone()
+        bal = self._reader.execute("SELECT balance FROM account WHERE psn_no = ?",
+                                   (psn_no,)).fetchone()
+        acc = dict(zip(ACC_COLS, row)) if row else {}
+        return PersonState(acc, bal[0] if bal else None)
+
+    def accumulators(self, psn_no, insutype=None, year=None):
+        sql = f"SELECT insutype, year, {', '.join(ACC_NAMES)} FROM accumulator WHERE psn_no = ?"
+        args = [psn_no]
+        if insutype:
+            sql += " AND insutype = ?"
+            args.append(insutype)
+        if year:
+            sql += " AND year = ?"
+            args.append(year)
+        rows = self._reader.execute(sql + " ORDER BY insutype, year", args).fetchall()
+        bal = self._reader.execute("SELECT balance FROM account WHERE psn_no = ?",
+                                   (psn_no,)).fetchone()
+        return (bal[0] if bal else None,
+                [(r[0], r[1], dict(zip(ACC_COLS, r[2:]))) for r in rows])
+
+    # --- commits -------------------------------------------------------------------------------
+
+    async def commit_settlement(self, record):
+        def apply(conn):
+            try:
+                cur = conn.execute(_INSERT_JOURNAL, (
+                    "settle", record.institution, record.request_id, record.request_hash,
+                    record.mdtrt_id, record.psn_no, record.insutype, record.year, record.status,
+                    None, time.time(), *record.acc_delta, record.balance_delta, record.result))
+            except sqlite3.IntegrityError:
+                raise LedgerConflict("duplicate_request",
+                                     f"request id {record.request_id!r} already settled") from None
+            if any(record.acc_delta):
+                conn.execute(_UPSERT_ACC, (record.psn_no, record.insutype, record.year,
+                                           *record.acc_delta))
+            if record.opening_balance is not None or record.balance_delta:
+                opening = record.opening_balance or 0
+                conn.execute(_UPSERT_ACCOUNT, (record.psn_no, opening,
+                                               opening + record.balance_delta,
+                                               record.balance_delta))
+            return cur.lastrowid
+        return await self._submit(apply)
+
+    async def commit_reversal(self, setl_id, institution):
+        def apply(conn):
+            row = conn.execute(f"SELECT {_RECORD_COLS} FROM journal WHERE setl_id = ? "
+                               "AND kind = 'settle'", (setl_id,)).fetchone()
+            if row is None:
+                raise LedgerConflict("not_found", f"no settlement {setl_id}")
+            rec = _record(row)
+            if rec.institution != institution:
+                raise LedgerConflict("other_institution",
+                                     "a settlement can be reversed only by the institution that made it")
+            if rec.reversed_by is not None:
+                raise LedgerConflict("already_reversed",
+                                     f"settlement {setl_id} is already reversed (reversal {rec.reversed_by})")
+            neg = [-d for d in rec.acc_delta]
+            cur = conn.execute(_INSERT_JOURNAL, (
+                "reverse", institution, f"reverse:{setl_id}", None, rec.mdtrt_id, rec.psn_no,
+                rec.insutype, rec.year, "REVERSED", setl_id, time.time(), *neg,
+                -rec.balance_delta, None))
+            rid = cur.lastrowid
+            conn.execute("UPDATE journal SET reversed_by = ? WHERE setl_id = ?", (rid, setl_id))
+            if any(neg):
+                conn.execute(_UPSERT_ACC, (rec.psn_no, rec.insutype, rec.year, *neg))
+            if rec.balance_delta:
+                conn.execute("UPDATE account SET balance = balance - ? WHERE psn_no = ?",
+                             (rec.balance_delta, rec.psn_no))
+            return rid
+        return await self._submit(apply)
+
+    async def _submit(self, apply):
+        if self._closed:
+            raise RuntimeError("ledger is closed")
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.put(_Op(apply, fut))
+        return await fut
+
+    def _write_loop(self):
+        conn = self._writer_conn
+        while True:
+            op = self._queue.get()
+            if op is _STOP:
+                break
+            batch = [op]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                batch.append(nxt)
+            outcomes = self._commit_batch(conn, batch)
+            by_loop = {}
+            for op, outcome in zip(batch, outcomes):
+                by_loop.setdefault(op.future.get_loop(), []).append((op.future, outcome))
+            for loop, items in by_loop.items():
+                try:
+                    loop.call_soon_threadsafe(_resolve, items)
+                except RuntimeError:        # the loop is gone: nobody waits for the reply
+                    pass
+            if stop:
+                break
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+
+    def _commit_batch(self, conn, batch):
+        outcomes = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    outcomes.append((True, op.apply(conn)))
+                except Exception as exc:    # this op only: roll it back, keep the batch
+                    conn.execute("ROLLBACK TO op")
+                    outcomes.append((False, exc))
+                conn.execute("RELEASE op")
+            conn.execute("COMMIT")          # fsync (synchronous=FULL) before any reply
+            self.batches += 1
+            self.ops += len(batch)
+        except Exception as exc:            # the transaction failed: nothing of the batch is kept
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            outcomes = [(False, exc)] * len(batch)
+        return outcomes
+
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join()
+        self._reader.close()
+
+
+def _resolve(items):
+    for fut, (ok, value) in items:
+        if fut.done():
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)

@@ -1,0 +1,448 @@
+"""The gRPC service: protobuf in, kernel call, ledger commit, protobuf out. No rule logic here.
+
+    python -m server.cli serve                      # sample pack, sample catalogue, ./medsettle-ledger.db
+
+Per-person serialization: every Settle and Reverse of one psn_no holds that person's asyncio lock
+from reading the totals to the durable commit, so two concurrent settlements never read the same
+totals. Requests are idempotent on (institution, request_id): the first result is replayed.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from kernel.errors import InputError
+from kernel.layout import ACC_COLS
+
+from . import convert
+from . import settlement_pb2 as pb
+from . import settlement_pb2_grpc as pb_grpc
+from .ledger import Ledger, LedgerConflict, SettlementRecord, SqliteLedger
+from .security import AuthError, SecurityConfig
+
+log = logging.getLogger("medsettle.server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Settlement"].full_name
+DETAILS_KEY = "grpc-status-details-bin"
+_TYPE_URL = "type.googleapis.com/" + pb.ErrorDetail.DESCRIPTOR.full_name
+
+
+class CallError(Exception):
+    """A call that fails with a gRPC status and an ErrorDetail."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, field="", line=0, reason="", value=None,
+                 mdtrt_id=""):
+        super().__init__(message)
+        self.code, self.message = code, message
+        self.detail = pb.ErrorDetail(field=field, line=line or 0, reason=reason or message,
+                                     value="" if value is None else str(value),
+                                     mdtrt_id=mdtrt_id or "")
+
+    @classmethod
+    def from_input(cls, err: InputError) -> "CallError":
+        where = f"line {err.line}: " if err.line is not None else ""
+        message = f"{where}{err.field}: {err.rule} (value: {err.value!r})"
+        return cls(grpc.StatusCode.INVALID_ARGUMENT, message, err.field, err.line or 0, err.rule,
+                   err.value, err.mdtrt_id or "")
+
+    def status_pb(self) -> pb.RpcStatus:
+        status = pb.RpcStatus(code=self.code.value[0], message=self.message)
+        status.details.add(type_url=_TYPE_URL, value=self.detail.SerializeToString())
+        return status
+
+    async def abort(self, context):
+        await context.abort(self.code, self.message,
+                            trailing_metadata=((DETAILS_KEY, self.status_pb().SerializeToString()),))
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051                     # 0: a free port (the bound one is returned)
+    ledger_path: str = "medsettle-ledger.db"
+    pack_path: str | None = None          # None: the shipped sample pack
+    catalogue_path: str | None = None     # None: the shipped sample catalogue
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    grace: float = 10.0                   # seconds in-flight calls get at shutdown
+    stream_window: int = 256              # requests of one stream settled concurrently
+
+
+class _PersonLocks:
+    """One asyncio lock per psn_no, dropped when nobody holds or waits for it."""
+
+    def __init__(self):
+        self._locks: dict[str, list] = {}
+
+    def get(self, psn_no):
+        entry = self._locks.get(psn_no)
+        if entry is None:
+            entry = self._locks[psn_no] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        return entry[0]
+
+    def put(self, psn_no):
+        entry = self._locks[psn_no]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self._locks[psn_no]
+
+
+def _request_hash(req: pb.SettleRequest) -> bytes:
+    return hashlib.blake2b(req.SerializeToString(deterministic=True), digest_size=16).digest()
+
+
+class SettlementService(pb_grpc.SettlementServicer):
+    def __init__(self, settler, ledger: Ledger, security: SecurityConfig, stream_window=256):
+        self.settler, self.ledger, self.security = settler, ledger, security
+        self.stream_window = stream_window
+        self._locks = _PersonLocks()
+        self._inflight: dict[tuple[str, str], asyncio.Future] = {}
+        self.closing = False
+
+    # --- the core, shared by the unary and streaming calls ---------------------------------------
+
+    def institution(self, context) -> str:
+        try:
+            return self.security.institution(context)
+        except AuthError as err:
+            raise CallError(grpc.StatusCode.UNAUTHENTICATED, str(err), reason="unauthenticated")
+
+    async def settle(self, req: pb.SettleRequest, institution: str, mode: str,
+                     deadline: float | None) -> tuple[pb.SettlementResult, bool]:
+        """(result, replayed). Raises CallError; writes nothing unless it returns a new setl_id."""
+        if self.closing:
+            raise CallError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        try:
+            visit, lines = convert.request_to_kernel(req)
+        except InputError as err:
+            raise CallError.from_input(err)
+        claimed = visit.get("fixmedins_code")
+        if claimed and claimed != institution:
+            raise CallError(grpc.StatusCode.PERMISSION_DENIED,
+                            f"fixmedins_code {claimed!r} is not the calling institution",
+                            "fixmedins_code", reason="not the calling institution", value=claimed,
+                            mdtrt_id=visit["mdtrt_id"])
+        visit["fixmedins_code"] = institution
+        if mode == "presettle":
+            return await self._compute(req, visit, lines, institution, mode, deadline)
+        if not req.request_id:
+            raise CallError(grpc.StatusCode.INVALID_ARGUMENT, "request_id: required value is missing",
+                            "request_id", reason="required value is missing",
+                            mdtrt_id=visit["mdtrt_id"])
+        key = (institution, req.request_id)
+        digest = _request_hash(req)
+        first = self._inflight.get(key)
+        if first is not None:                      # a retry racing the first attempt
+            try:
+                await asyncio.shield(first)
+            except Exception:
+                pass                               # the first failed: settle this one afresh
+        record = self.ledger.find_request(institution, req.request_id)
+        if record is not None:
+            return self._replay(record, digest), True
+        fut = self._inflight[key] = asyncio.get_running_loop().create_future()
+        try:
+            result = await self._compute(req, visit, lines, institution, mode, deadline, digest)
+            fut.set_result(None)
+            return result
+        except BaseException as exc:
+            fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError("cancelled"))
+            fut.exception()                        # retrieved: no "never retrieved" warning
+            raise
+        finally:
+            if self._inflight.get(key) is fut:
+                del self._inflight[key]
+
+    def _replay(self, record: SettlementRecord, digest: bytes) -> pb.SettlementResult:
+        if record.request_hash != digest:
+            raise CallError(grpc.StatusCode.ALREADY_EXISTS,
+                            f"request_id {record.request_id!r} was used for a different request",
+                            "request_id", reason="request id reused with a different request",
+                            value=record.request_id, mdtrt_id=record.mdtrt_id)
+        return self._stored_pb(record)
+
+    def _stored_pb(self, record: SettlementRecord) -> pb.SettlementResult:
+        stored = convert.decode_stored(record.result)
+        return convert.result_to_pb(
+            stored.one, setl_id=str(record.setl_id), request_id=record.request_id,
+            institution=record.institution, setl_time=stored.setl_time,
+            reversal_id=str(record.reversed_by) if record.reversed_by is not None else "")
+
+    async def _compute(self, req, visit, lines, institution, mode, deadline, digest=b""):
+        try:
+            psn_no, insutype, year = self.settler.acc_key(visit)
+        except InputError as err:
+            raise CallError.from_input(err)
+        loop = asyncio.get_running_loop()
+        lock = self._locks.get(psn_no)
+        try:
+            if lock.locked():                      # wait for the person's earlier settlements
+                remaining = None if deadline is None else deadline - loop.time()
+                try:
+                    async with asyncio.timeout(remaining):
+                        await lock.acquire()
+                except TimeoutError:
+                    raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                    "deadline passed while waiting for the person's earlier settlements")
+            else:
+                await lock.acquire()               # free: acquired without yielding
+            try:
+                return await self._settle_locked(req, visit, lines, institution, mode, deadline,
+                                                 digest, (psn_no, insutype, year), loop)
+            finally:
+                lock.release()
+        finally:
+            self._locks.put(psn_no)
+
+    async def _settle_locked(self, req, visit, lines, institution, mode, deadline, digest, key, loop):
+        state = self.ledger.read_state(*key)
+        opening = None
+        if state.balance is not None:
+            balance = state.balance
+        else:
+            balance = visit.get("acct_balc") or 0
+            opening = visit.get("acct_balc")
+        try:
+            one = self.settler.settle_one(visit, lines, state.acc, balance, mode)
+        except InputError as err:
+            raise CallError.from_input(err)
+        setl_time = req.visit.setl_time
+        if mode == "presettle":
+            return convert.result_to_pb(one, request_id=req.request_id, institution=institution,
+                                        setl_time=setl_time), False
+        if one.status == "REFUSED":
+            raise CallError(grpc.StatusCode.FAILED_PRECONDITION,
+                            f"visit {one.mdtrt_id}: inj_cause: a pending injury cause cannot be "
+                            f"settled (value: {visit.get('inj_cause')!r}); PreSettle marks it provisional",
+                            "inj_cause", reason="pending injury cause", value=visit.get("inj_cause"),
+                            mdtrt_id=one.mdtrt_id)
+        if deadline is not None and loop.time() >= deadline:
+            raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the commit")
+        before = state.acc
+        delta = [int(one.acc_after.get(name, 0)) - int(before.get(name, 0)) for name in ACC_COLS]
+        record = SettlementRecord(
+            institution=institution, request_id=req.request_id, request_hash=digest,
+            mdtrt_id=one.mdtrt_id, psn_no=key[0], insutype=key[1], year=key[2], status=one.status,
+            result=convert.encode_stored(one, setl_time), acc_delta=delta,
+            balance_delta=int(one.balance_after) - int(balance), opening_balance=opening)
+        try:
+            setl_id = await self.ledger.commit_settlement(record)
+        except LedgerConflict as err:
+            raise CallError(grpc.StatusCode.ALREADY_EXISTS, str(err), "request_id", reason=err.reason,
+                            value=req.request_id)
+        except Exception as err:
+            log.exception("ledger commit failed")
+            raise CallError(grpc.StatusCode.UNAVAILABLE, f"ledger commit failed: {err}")
+        return convert.result_to_pb(one, setl_id=str(setl_id), request_id=req.request_id,
+                                    institution=institution, setl_time=setl_time), False
+
+    def _own_record(self, institution, setl_id: str, request_id: str) -> SettlementRecord:
+        if setl_id:
+            try:
+                record = self.ledger.get(int(setl_id))
+            except ValueError:
+                record = None
+            if record is None:
+                raise CallError(grpc.StatusCode.NOT_FOUND, f"no settlement {setl_id}", "setl_id",
+                                reason="no such settlement", value=setl_id)
+        elif request_id:
+            record = self.ledger.find_request(institution, request_id)
+            if record is None:
+                raise CallError(grpc.StatusCode.NOT_FOUND,
+                                f"no settlement with request_id {request_id}", "request_id",
+                                reason="no such settlement", value=request_id)
+        else:
+            raise CallError(grpc.StatusCode.INVALID_ARGUMENT, "give setl_id or request_id",
+                            "setl_id", reason="required value is missing")
+        if record.institution != institution:
+            raise CallError(grpc.StatusCode.PERMISSION_DENIED,
+                            f"settlement {record.setl_id} belongs to another institution", "setl_id",
+                            reason="another institution's settlement", value=record.setl_id)
+        return record
+
+    # --- RPCs ----------------------------------------------------------------------------------
+
+    async def _unary(self, context, body):
+        try:
+            institution = self.institution(context)
+            return await body(institution)
+        except CallError as err:
+            await err.abort(context)
+
+    def _deadline(self, context):
+        remaining = context.time_remaining()
+        return None if remaining is None else asyncio.get_running_loop().time() + remaining
+
+    async def PreSettle(self, request, context):
+        async def body(institution):
+            result, _ = await self.settle(request, institution, "presettle", self._deadline(context))
+            return pb.SettleReply(settlement=result)
+        return await self._unary(context, body)
+
+    async def Settle(self, request, context):
+        async def body(institution):
+            result, replayed = await self.settle(request, institution, "settle",
+                                                 self._deadline(context))
+            return pb.SettleReply(settlement=result, replayed=replayed)
+        return await self._unary(context, body)
+
+    async def Reverse(self, request, context):
+        async def body(institution):
+            if self.closing:
+                raise CallError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+            record = self._own_record(institution, request.setl_id, request.request_id)
+            if record.reversed_by is not None:
+                raise CallError(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"settlement {record.setl_id} is already reversed", "setl_id",
+                                reason="already reversed", value=record.setl_id)
+            lock = self._locks.get(record.psn_no)
+            try:
+                async with lock:
+                    try:
+                        reversal_id = await self.ledger.commit_reversal(record.setl_id, institution)
+                    except LedgerConflict as err:
+                        code = {"already_reversed": grpc.StatusCode.FAILED_PRECONDITION,
+                                "other_institution": grpc.StatusCode.PERMISSION_DENIED,
+                                "not_found": grpc.StatusCode.NOT_FOUND}.get(
+                                    err.reason, grpc.StatusCode.FAILED_PRECONDITION)
+                        raise CallError(code, str(err), "setl_id", reason=err.reason,
+                                        value=record.setl_id)
+            finally:
+                self._locks.put(record.psn_no)
+            record.reversed_by = reversal_id
+            return pb.ReverseReply(settlement=self._stored_pb(record), reversal_id=str(reversal_id))
+        return await self._unary(context, body)
+
+    async def GetSettlement(self, request, context):
+        async def body(institution):
+            record = self._own_record(institution, request.setl_id, request.request_id)
+            return pb.SettleReply(settlement=self._stored_pb(record))
+        return await self._unary(context, body)
+
+    async def GetAccumulators(self, request, context):
+        async def body(institution):
+            if not request.psn_no:
+                raise CallError(grpc.StatusCode.INVALID_ARGUMENT, "psn_no: required value is missing",
+                                "psn_no", reason="required value is missing")
+            balance, rows = self.ledger.accumulators(request.psn_no, request.insutype or None,
+                                                     request.year or None)
+            return pb.Accumulators(
+                psn_no=request.psn_no, has_account=balance is not None, acct_balc=balance or 0,
+                rows=[convert.accumulator_row_pb(i, y, acc) for i, y, acc in rows])
+        return await self._unary(context, body)
+
+    async def SettleStream(self, request_iterator, context):
+        try:
+            institution = self.institution(context)
+        except CallError as err:
+            await err.abort(context)
+            return
+        deadline = self._deadline(context)
+        out: asyncio.Queue = asyncio.Queue()
+        window = asyncio.Semaphore(self.stream_window)
+        tasks: set[asyncio.Task] = set()
+
+        async def one(req):
+            try:
+                result, replayed = await self.settle(req, institution, "settle", deadline)
+                reply = pb.SettleStreamReply(request_id=req.request_id, settlement=result,
+                                             replayed=replayed)
+            except CallError as err:
+                reply = pb.SettleStreamReply(request_id=req.request_id, error=err.status_pb())
+            except Exception as err:               # never lose the stream on one request
+                log.exception("stream settle failed")
+                reply = pb.SettleStreamReply(request_id=req.request_id, error=CallError(
+                    grpc.StatusCode.INTERNAL, f"internal error: {err}").status_pb())
+            finally:
+                window.release()
+            out.put_nowait(reply)
+
+        async def read():
+            try:
+                async for req in request_iterator:
+                    await window.acquire()
+                    task = asyncio.create_task(one(req))   # started in arrival order
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                while tasks:
+                    await asyncio.gather(*list(tasks), return_exceptions=True)
+            finally:
+                out.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                reply = await out.get()
+                if reply is None:
+                    break
+                yield reply
+            await reader                            # surfaces a broken request stream
+        finally:
+            if not reader.done():
+                reader.cancel()
+
+
+@dataclass
+class Running:
+    """A started server: its bound port and how to stop it gracefully."""
+    server: grpc.aio.Server
+    port: int
+    service: SettlementService
+    health: health_aio.HealthServicer
+    ledger: Ledger
+    grace: float
+
+    async def stop(self, grace: float | None = None):
+        """Stop accepting, let in-flight calls finish, flush and close the ledger."""
+        self.service.closing = True
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.grace if grace is None else grace)
+        await asyncio.to_thread(self.ledger.close)
+
+
+async def start(config: ServerConfig, settler=None, ledger: Ledger | None = None) -> Running:
+    """Start serving; settler and ledger default to those named by config."""
+    config.security.check_bind(config.host)
+    if settler is None:
+        from kernel.api import Settler
+        settler = Settler.from_files(config.pack_path, config.catalogue_path)
+    if ledger is None:
+        ledger = SqliteLedger(config.ledger_path)
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
+                                      ("grpc.max_receive_message_length", 16 * 1024 * 1024)])
+    service = SettlementService(settler, ledger, config.security, config.stream_window)
+    pb_grpc.add_SettlementServicer_to_server(service, server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME], server)
+    address = f"{config.host}:{config.port}" if ":" not in config.host else f"[{config.host}]:{config.port}"
+    creds = config.security.server_credentials()
+    port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    await server.start()
+    await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    return Running(server, port, service, health, ledger, config.grace)
+
+
+async def serve(config: ServerConfig, ready=None) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully. ready(port) once listening."""
+    running = await start(config)
+    log.info("medsettle serving on %s:%d (ledger %s)", config.host, running.port, config.ledger_path)
+    if ready:
+        ready(running.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: finishing in-flight calls, flushing the ledger")
+    await running.stop()
