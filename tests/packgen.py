@@ -113,7 +113,8 @@ def _version_body(r, on):
             mi = {"form": "effective_ratio", "threshold": _yuan(r, 0, 10_000),
                   "base": r.choice(["inscope_selfpay", "all_selfpay"]),
                   "effective_ratio": _pct(r, 50, 95),
-                  "category_ratio": {c: _pct(r, 60, 100) for c in r.sample(CATEGORIES, r.randint(0, 2))}}
+                  # one ratio for the listed categories (the assistance-recipient ratio of the sources)
+                  "category_ratio": dict.fromkeys(r.sample(CATEGORIES, r.randint(0, 2)), _pct(r, 60, 100))}
         if r.random() < 0.7:
             mi["cap"] = _yuan(r, 1000, 250_000)
         if r.random() < 0.5:
