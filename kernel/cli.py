@@ -198,12 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     common(sy)
     sy.set_defaults(func=cmd_synth)
 
-    try:
-        from server.cli import add_subcommands
-    except ImportError:
-        pass
-    else:
-        add_subcommands(sub)
+    # commands of other parts register themselves: re-settlement (kernel.resettle), the server (server.cli)
+    import importlib
+    for module in ("kernel.resettle", "server.cli"):
+        try:
+            plugin = importlib.import_module(module)
+        except ImportError as e:
+            if e.name and not e.name.startswith(module.split(".")[0]):
+                raise
+            continue
+        plugin.add_subcommands(sub)
     return p
 
 
