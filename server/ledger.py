@@ -206,13 +206,16 @@ class SqliteLedger(Ledger):
         return _record(row) if row else None
 
     def read_state(self, psn_no, insutype, year):
-        row = self._reader.execute(
-            f"SELECT {', '.join(ACC_NAMES)} FROM accumulator WHERE psn_no = ? AND insutype = ? "
-            "AND year = ?", (psn_no, insutype, year)).fetchone()
-        bal = self._reader.execute("SELECT balance FROM account WHERE psn_no = ?",
-                                   (psn_no,)).fetchone()
-        acc = dict(zip(ACC_COLS, row)) if row else {}
-        return PersonState(acc, bal[0] if bal else None)
+        row = self._reader.execute(self._state_sql, (psn_no, insutype, year, psn_no)).fetchone()
+        if row is None:
+            return PersonState({}, None)
+        return PersonState(dict(zip(ACC_COLS, row[1:])) if row[1] is not None else {}, row[0])
+
+    # one statement: the account balance (or NULL) and the accumulator row (or NULLs)
+    _state_sql = (
+        f"SELECT b.balance, {', '.join('a.' + n for n in ACC_NAMES)} FROM "
+        "(SELECT 1) LEFT JOIN accumulator a ON a.psn_no = ? AND a.insutype = ? AND a.year = ? "
+        "LEFT JOIN account b ON b.psn_no = ?")
 
     def accumulators(self, psn_no, insutype=None, year=None):
         sql = f"SELECT insutype, year, {', '.join(ACC_NAMES)} FROM accumulator WHERE psn_no = ?"
@@ -319,17 +322,16 @@ class SqliteLedger(Ledger):
         conn.close()
 
     def _commit_batch(self, conn, batch):
+        """One transaction for the batch. An op refuses (LedgerConflict) before its first write,
+        so a refused op leaves nothing behind; any other failure fails the whole batch."""
         outcomes = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op in batch:
-                conn.execute("SAVEPOINT op")
                 try:
                     outcomes.append((True, op.apply(conn)))
-                except Exception as exc:    # this op only: roll it back, keep the batch
-                    conn.execute("ROLLBACK TO op")
+                except LedgerConflict as exc:
                     outcomes.append((False, exc))
-                conn.execute("RELEASE op")
             conn.execute("COMMIT")          # fsync (synchronous=FULL) before any reply
             self.batches += 1
             self.ops += len(batch)

@@ -145,9 +145,11 @@ class SettlementService(pb_grpc.SettlementServicer):
                 await asyncio.shield(first)
             except Exception:
                 pass                               # the first failed: settle this one afresh
-        record = self.ledger.find_request(institution, req.request_id)
-        if record is not None:
-            return self._replay(record, digest), True
+            record = self.ledger.find_request(institution, req.request_id)
+            if record is not None:
+                return self._replay(record, digest), True
+        # No look-up first: a retry of an earlier-committed request is caught by the journal's
+        # unique (institution, request_id) at commit and replayed then (retries are rare).
         fut = self._inflight[key] = asyncio.get_running_loop().create_future()
         try:
             result = await self._compute(req, visit, lines, institution, mode, deadline, digest)
@@ -236,6 +238,9 @@ class SettlementService(pb_grpc.SettlementServicer):
         try:
             setl_id = await self.ledger.commit_settlement(record)
         except LedgerConflict as err:
+            first = self.ledger.find_request(institution, req.request_id)
+            if err.reason == "duplicate_request" and first is not None:
+                return self._replay(first, digest), True
             raise CallError(grpc.StatusCode.ALREADY_EXISTS, str(err), "request_id", reason=err.reason,
                             value=req.request_id)
         except Exception as err:
