@@ -131,7 +131,7 @@ def test_line_of_unknown_visit(settler, code):
 
 
 def test_pending_cause_is_refused_by_settle_and_provisional_in_presettle(settler, code):
-    table = pa.Table.from_pylist([good_visit(inj_cause="pending")])
+    table = pa.Table.from_pylist([good_visit(inj_cause="pending", medins_lv="1")])   # township: deductible 100
     lines = pa.Table.from_pylist(good_lines(code=code))
     settled = settler.settle_table(table, lines, mode="settle")
     row = settled.table.to_pylist()[0]
