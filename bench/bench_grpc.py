@@ -197,7 +197,17 @@ async def measure_remote(seconds: float) -> dict:
     return out
 
 
-async def measure_inprocess(n: int = 3000) -> dict:
+class FixedKernel:
+    """The real acc_key, and settle_one answering one precomputed result: the server's own cost."""
+
+    def __init__(self, settler, one):
+        self.acc_key, self.one = settler.acc_key, one
+
+    def settle_one(self, visit, lines, acc, balance, mode):
+        return self.one
+
+
+async def measure_inprocess(n: int = 3000, fixed_kernel=False) -> dict:
     """The server's own work per settlement without gRPC: convert, kernel, ledger (group commit)."""
     from kernel.api import Settler
     from server import convert
@@ -206,6 +216,9 @@ async def measure_inprocess(n: int = 3000) -> dict:
     from server.server import SettlementService
 
     settler = Settler.from_files()
+    if fixed_kernel:
+        visit, lines = convert.request_to_kernel(visit_request(0, "fixed"))
+        settler = FixedKernel(settler, settler.settle_one(visit, lines, {}, 0, "settle"))
     with tempfile.TemporaryDirectory() as tmp:
         ledger = SqliteLedger(str(Path(tmp) / "ledger.db"))
         service = SettlementService(settler, ledger, SecurityConfig())
@@ -247,6 +260,9 @@ def report(r: dict) -> str:
         ("server CPU per settlement, no gRPC (convert + kernel + commit share)",
          f"{r['cpu_per_settlement_us']:.0f} us", f"kernel settle_one {r['kernel_settle_one_us']:.0f} us",
          "< 150 us"),
+        ("server CPU per settlement without the kernel (a fixed result instead of settle_one)",
+         f"{r['nokernel_cpu_us']:.0f} us", f"{r['nokernel_rate']:,.0f} settlements/s, "
+         f"{r['nokernel_batch']:.1f} per commit", ""),
         ("server process CPU per unary Settle (incl. gRPC stack)",
          f"{r['server_cpu_per_call_us']:.0f} us", "", ""),
         ("group commit: settlements per fsync'd transaction (in-process, 64 in flight)",
@@ -271,6 +287,10 @@ def main():
         asyncio.run(serve_medsettle(args.port, args.ledger))
         return
     results = asyncio.run(measure_inprocess())
+    fixed = asyncio.run(measure_inprocess(fixed_kernel=True))
+    results.update(nokernel_cpu_us=fixed["cpu_per_settlement_us"],
+                   nokernel_rate=fixed["inprocess_settlements_per_s"],
+                   nokernel_batch=fixed["mean_group_commit"])
     results.update(asyncio.run(measure_remote(args.seconds)))
     print(f"medsettle gRPC benchmark, {os.cpu_count()} cores, loopback, {IN_FLIGHT} in flight\n")
     print(report(results))
