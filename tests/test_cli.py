@@ -1,0 +1,56 @@
+"""The medsettle command, run in-process on real files."""
+import datetime as dt
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from kernel.api import shipped_pack_path
+from kernel.cli import main
+
+Y = 100
+
+
+def test_settle_demo_writes_results_and_prints_summary(tmp_path, capsys):
+    out = tmp_path / "results.parquet"
+    assert main(["settle", "--demo-visits", "3000", "--out", str(out)]) == 0
+    table = pq.read_table(out)
+    assert table.num_rows == 3000
+    text = capsys.readouterr().out
+    assert "actual compensation ratio" in text and "3,000" in text
+    assert "medfee_sumamt" in text and "hifp_pay" in text
+
+
+def test_settle_file_and_explain_example_a_b(tmp_path, capsys):
+    rows = []
+    for mdtrt_id, level, end, amount, diag in [("A", "2", (2013, 6, 15), 53_500, None),
+                                               ("B", "3", (2013, 7, 20), 80_000, "I21.901")]:
+        rows.append({"mdtrt_id": mdtrt_id, "psn_no": "P1", "insutype": "rural", "medins_lv": level,
+                     "med_type": "21", "enddate": dt.date(*end), "setl_time": dt.datetime(*end, 9),
+                     "dise_codg": diag, "fulamt_ownpay_amt": 5_000 * Y if mdtrt_id == "A" else 0,
+                     "overlmt_selfpay": 500 * Y if mdtrt_id == "A" else 0,
+                     "preselfpay_amt": 1_000 * Y if mdtrt_id == "A" else 0,
+                     "inscp_scp_amt": amount * Y, "inscp_essential_amt": 0})
+    visits = tmp_path / "visits.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), visits)
+    out = tmp_path / "results.parquet"
+    assert main(["settle", str(visits), "--out", str(out)]) == 0
+    result = {r["mdtrt_id"]: r for r in pq.read_table(out).to_pylist()}
+    assert result["B"]["hifmi_pay"] == 40_106_40
+    capsys.readouterr()
+    assert main(["explain", str(visits), "B"]) == 0
+    text = capsys.readouterr().out
+    assert "8,156.00" in text          # the basic fund's cap left before B (section 8, example B)
+    assert "40,106.40" in text
+    assert "2013-h1" in text
+
+
+def test_policy_check_good_and_bad(tmp_path, capsys):
+    assert main(["policy", "check", str(shipped_pack_path("sample_rural")),
+                 str(shipped_pack_path("sample_city"))]) == 0
+    assert "is valid" in " ".join(capsys.readouterr().out.split())
+    bad = tmp_path / "bad.toml"
+    bad.write_text(shipped_pack_path("sample_rural").read_text().replace('"85%"', '"185%"', 1))
+    assert main(["policy", "check", str(bad)]) == 2
+    err = capsys.readouterr().err
+    err = " ".join(err.split())
+    assert "bad.toml" in err and "100%" in err and "185%" in err
