@@ -144,22 +144,6 @@ def cmd_policy_check(args) -> int:
     return status
 
 
-def cmd_synth(args) -> int:
-    import pyarrow.parquet as pq
-    from .synth import synth_visits
-    settler = _settler(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with _phases(1) as progress:
-        task = progress.add_task(f"synthesizing {args.visits:,} visits", total=1)
-        visits, lines = synth_visits(settler.pack, settler.catalogue, args.visits, seed=args.seed)
-        pq.write_table(visits, out / "visits.parquet")
-        pq.write_table(lines, out / "lines.parquet")
-        progress.update(task, advance=1)
-    console.print(f"{visits.num_rows:,} visits and {lines.num_rows:,} lines written to {out}/")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medsettle", description="Settle medical-insurance visits, to the fen.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -190,13 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
     chk = psub.add_parser("check", help="validate and compile packs")
     chk.add_argument("packs", nargs="+")
     chk.set_defaults(func=cmd_policy_check)
-
-    sy = sub.add_parser("synth", help="write synthetic visits and lines")
-    sy.add_argument("--visits", type=int, default=100_000)
-    sy.add_argument("--seed", type=int, default=1)
-    sy.add_argument("--out", default="out/synth")
-    common(sy)
-    sy.set_defaults(func=cmd_synth)
 
     # commands of other parts register themselves: re-settlement (kernel.resettle), the server (server.cli)
     import importlib

@@ -1,0 +1,810 @@
+"""Batch re-settlement after a policy change (重新结算), and policy impact before enactment (基金测算).
+
+SETTLEMENT.md section 6: a period's visits are recomputed under another version (or another pack,
+or a draft) and the difference per fund is reported per visit and per person. Both sides are
+settled by the same Settler.settle_table (the Cython kernel); the old side may instead be a results
+file written by ``medsettle settle`` for the same visits (row for row).
+
+Bounded memory: the input is read in Parquet row groups and split by a hash of psn_no into
+partitions (pass 1), so that all of a person's visits are in one partition; each partition is then
+settled whole, old and new, and its deltas written (pass 2). A person's accumulators never cross a
+partition, so any partition count, and any worker (kernel/scaleout.py runs pass 2 on Dask), gives
+the same results.
+
+    medsettle resettle VISITS.parquet --new-version 2013-aug --out out/resettle
+    medsettle resettle VISITS.parquet --old-results results.parquet --new-pack draft.toml --out DIR
+
+Outputs in DIR (written under a temporary name and renamed: a refused input leaves nothing):
+    visits/part-NNNN.parquet   per visit: old_/new_/delta_ per fund and for the patient
+    persons/part-NNNN.parquet  per person: deltas, owed (补付) and recovered (追回)
+    summary.parquet            by region, scheme, level, med type and settlement month
+    report.html                the report a person reads (charts when matplotlib is installed)
+"""
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import math
+import shutil
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .errors import InputError
+from .schema import LINE_FIELDS, PRECOMPUTED_FIELDS, VISIT_FIELDS
+
+# The fund columns compared, old against new: every fund of section 7 (their sum is
+# fund_pay_sumamt), then the patient's share and its split, and the hospital's part.
+FUNDS = ["hifp_pay", "hifob_pay", "hifmi_pay", "cvlserv_pay", "hifes_pay", "maf_pay", "oth_pay"]
+COMPARED = FUNDS + ["fund_pay_sumamt", "psn_part_amt", "acct_pay", "psn_cash_pay", "hosp_part_amt"]
+# Summary keys: where the insured lives (参保地), scheme, hospital level, med type, settlement month.
+KEYS = ["region", "insutype", "medins_lv", "med_type", "month"]
+# The layers the scheme's pooled fund finances, for the surplus ratios (assistance and the
+# civil-servant subsidy are separate budgets); --fund-layers changes it.
+DEFAULT_FUND_LAYERS = ["hifp_pay", "hifob_pay", "hifmi_pay"]
+# Limits of the fund's balance (SOURCE-FIGURES.md): current-year surplus <= 15%, cumulative <= 25%.
+SURPLUS_LIMIT_BP, CUMULATIVE_LIMIT_BP = 1500, 2500
+# Patients' gain per person, in fen: the histogram's lower edges (report: how many gain how much).
+GAIN_EDGES = [1, 100_00, 1_000_00, 10_000_00, 100_000_00]
+DEFAULT_PARTITION_ROWS = 1_000_000
+
+_ROW = "_row"       # 1-based row of the visit in the input file, carried through the partitions
+_LINE = "_line"     # 1-based line of a line item in the lines file
+
+
+# --- which policy: a pack, a draft over a pack, a version forced over the whole period ----------
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """A Settler described by paths, so a Dask worker can build (and cache) the same one."""
+    pack: str | None = None          # pack or draft TOML; None: the shipped sample rural pack
+    version: str | None = None       # "ID" or "SCHEME:ID": that version governs every date
+    catalogue: str | None = None     # None: the shipped catalogue
+
+    def settler(self):
+        return _settler(self)
+
+    def label(self) -> str:
+        from .api import shipped_pack_path
+        name = Path(self.pack).name if self.pack else shipped_pack_path().name
+        return name + (f" version {self.version} over the whole period" if self.version else "")
+
+
+@functools.lru_cache(maxsize=8)
+def _settler(spec: PolicySpec):
+    from .api import Settler, shipped_catalogue_path, shipped_pack_path
+    from .catalogue import load_catalogue
+    path = Path(spec.pack) if spec.pack else shipped_pack_path()
+    pack = load_policy(path)
+    if spec.version:
+        pack = force_version(pack, spec.version, path)
+    catalogue = load_catalogue(spec.catalogue or shipped_catalogue_path())
+    return Settler(pack, catalogue, path)
+
+
+def load_policy(path):
+    """A pack, or a draft: a TOML with ``base = "<pack>.toml"`` whose schemes' versions replace the
+    base's from their first effective_from (earlier base versions are cut off the day before).
+    A draft version may inherit from any base version. Drafts are how a change is costed before
+    anyone enacts it (基金测算)."""
+    from .policy import PolicyError, load_pack, pack_from_raw
+    path = Path(path)
+    try:
+        raw = msgspec.toml.decode(path.read_bytes())
+    except (OSError, msgspec.DecodeError) as e:
+        raise PolicyError(path, "", f"cannot read the pack: {e}") from None
+    if "base" not in raw:
+        return load_pack(path)
+    return pack_from_raw(_draft_over_base(raw, path), path)
+
+
+def _draft_over_base(raw: dict, path: Path) -> dict:
+    from .policy import PolicyError, _merge
+    base_path = (path.parent / raw["base"]).resolve()
+    if not base_path.exists():
+        from .api import shipped_pack_path
+        shipped = shipped_pack_path(Path(raw["base"]).stem)
+        base_path = shipped if shipped.exists() else base_path
+    try:
+        base = msgspec.toml.decode(base_path.read_bytes())
+    except (OSError, msgspec.DecodeError) as e:
+        raise PolicyError(path, "$.base", f"cannot read the base pack {base_path}: {e}") from None
+    if "base" in base:
+        raise PolicyError(path, "$.base", "the base of a draft must be a pack, not another draft")
+    out = {**base, **{k: v for k, v in raw.items() if k not in ("base", "schemes")}}
+    drafts = {s.get("code"): (i, s) for i, s in enumerate(raw.get("schemes", []))}
+    schemes = []
+
+    def inherit(version, known, where):
+        if version.get("inherits") is None:
+            return version
+        parent = known.get(version["inherits"])
+        if parent is None:
+            raise PolicyError(path, f"{where}.inherits", f"no version {version['inherits']!r} in the base or the draft")
+        merged = _merge({k: v for k, v in parent.items() if k not in ("id", "effective_from", "effective_to")}, version)
+        merged.pop("inherits")
+        return merged
+
+    for scheme in base.get("schemes", []):
+        i, draft = drafts.pop(scheme.get("code"), (None, None))
+        if draft is None:
+            schemes.append(scheme)
+            continue
+        known, base_versions = {}, []
+        for k, v in enumerate(scheme.get("versions", [])):
+            v = inherit(v, known, f"base $.schemes[..].versions[{k}]")
+            known[v["id"]] = v
+            base_versions.append(v)
+        new_versions = []
+        for k, v in enumerate(draft.get("versions", [])):
+            v = inherit(v, known, f"$.schemes[{i}].versions[{k}]")
+            known[v["id"]] = v
+            new_versions.append(v)
+        if not new_versions:
+            raise PolicyError(path, f"$.schemes[{i}].versions", "a draft scheme needs at least one version")
+        start = min(v["effective_from"] for v in new_versions)
+        kept = []
+        for v in base_versions:
+            if v["effective_from"] >= start:
+                continue
+            if v.get("effective_to") is None or v["effective_to"] >= start:
+                v = {**v, "effective_to": start - datetime.timedelta(days=1)}
+            kept.append(v)
+        schemes.append({**scheme, **{k: v for k, v in draft.items() if k != "versions"},
+                        "versions": kept + new_versions})
+    if drafts:
+        code, (i, _) = next(iter(drafts.items()))
+        raise PolicyError(path, f"$.schemes[{i}].code", f"scheme {code!r} is not in the base pack")
+    out["schemes"] = schemes
+    return out
+
+
+def force_version(pack, version: str, source="<pack>"):
+    """The pack with one version governing every date of its scheme ("ID" or "SCHEME:ID"):
+    re-settlement "under another version" (e.g. the August rules applied from 1 January)."""
+    from msgspec.structs import replace
+    from .policy import PolicyError
+    scheme_code, _, vid = version.rpartition(":")
+    schemes, found = [], False
+    for s in pack.schemes:
+        match = [v for v in s.versions if v.id == vid and scheme_code in ("", s.code)]
+        if match:
+            found = True
+            s = replace(s, versions=[replace(match[0], effective_from=datetime.date(1900, 1, 1),
+                                             effective_to=None, inherits=None)])
+        schemes.append(s)
+    if not found:
+        known = [f"{s.code}:{v.id}" for s in pack.schemes for v in s.versions]
+        raise PolicyError(source, "version", f"no version {version!r} (known: {', '.join(known)})")
+    return replace(pack, schemes=schemes)
+
+
+# --- the plan: what to compare, where things are ---------------------------------------------
+
+@dataclass
+class Plan:
+    visits: str
+    new: PolicySpec
+    old: PolicySpec | None = None          # None: old_results gives the old side
+    old_results: str | None = None
+    lines: str | None = None
+    partition_rows: int = DEFAULT_PARTITION_ROWS
+    n_partitions: int = 0                  # 0: from the row count and partition_rows
+    fund_layers: list = field(default_factory=lambda: list(DEFAULT_FUND_LAYERS))
+
+    def as_dict(self):
+        return asdict(self)
+
+
+def n_partitions_for(n_rows: int, partition_rows: int) -> int:
+    return max(1, math.ceil(n_rows / max(1, partition_rows)))
+
+
+# --- string hash: psn_no -> partition, vectorised over the Arrow buffers ------------------------
+
+_P = np.uint64(1099511628211)
+
+
+def hash_strings(arr) -> np.ndarray:
+    """uint64 hash of every string (polynomial over the bytes, then a 64-bit finaliser).
+
+    Deterministic across processes and machines (unlike Python's hash), so every worker puts a
+    person in the same partition."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    arr = arr.cast(pa.large_string())
+    n = len(arr)
+    bufs = arr.buffers()
+    offs = np.frombuffer(bufs[1], dtype=np.int64)[arr.offset:arr.offset + n + 1]
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
+    start = offs[:-1]
+    lengths = np.diff(offs)
+    lo, hi = (int(offs[0]), int(offs[-1])) if n else (0, 0)
+    h = np.zeros(n, dtype=np.uint64)
+    if hi > lo:
+        pos = np.arange(hi - lo, dtype=np.int64) - np.repeat(start - lo, lengths)
+        powers = np.cumprod(np.full(int(lengths.max()), _P, dtype=np.uint64))
+        terms = (data[lo:hi].astype(np.uint64) + np.uint64(1)) * powers[pos]
+        nonempty = lengths > 0
+        h[nonempty] = np.add.reduceat(terms, (start - lo)[nonempty])
+    h ^= lengths.astype(np.uint64)
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xFF51AFD7ED558CCD)
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xC4CEB9FE1A85EC53)
+    h ^= h >> np.uint64(33)
+    return h
+
+
+def partition_of(psn_no, n_partitions: int) -> np.ndarray:
+    return (hash_strings(psn_no) % np.uint64(n_partitions)).astype(np.int32)
+
+
+# --- pass 1: split the input by person --------------------------------------------------------
+
+def _shift(e: InputError, row=None, line=None, source=None) -> InputError:
+    """The same error with the row (line) numbered in the whole file, not in a batch or partition."""
+    return InputError(e.field, e.rule, e.value, row=row if row is not None else e.row,
+                      line=line if line is not None else e.line, mdtrt_id=e.mdtrt_id,
+                      source=source or e.source)
+
+
+def _check_columns(batch: pa.Table, fields, first_row: int, source: str, mapper=None):
+    """Required columns present, every column castable, no missing required value: else InputError
+    with the file's row number (first_row = the batch's first row, 1-based)."""
+    from .adapter import _column
+    out = {}
+    for name, typ, required, _ in fields:
+        try:
+            col = _column(batch, name, typ, required, source)
+        except InputError as e:
+            raise _shift(e, row=None if e.row is None else e.row + first_row - 1) from None
+        if col is not None:
+            out[name] = col
+    return out
+
+
+def chunks_of(path, rows_per_chunk: int):
+    """Runs of whole row groups of about rows_per_chunk rows: [(first_group, stop_group, first_row)]."""
+    meta = pq.ParquetFile(path).metadata
+    chunks, start, first_row, rows = [], 0, 0, 0
+    for g in range(meta.num_row_groups):
+        rows += meta.row_group(g).num_rows
+        if rows >= rows_per_chunk or g == meta.num_row_groups - 1:
+            chunks.append((start, g + 1, first_row))
+            start, first_row, rows = g + 1, first_row + rows, 0
+    return chunks
+
+
+def _read_rows(path, first_row: int, n: int, columns=None) -> pa.Table:
+    """Rows [first_row, first_row + n) of a Parquet file, reading only the row groups that hold them."""
+    f = pq.ParquetFile(path)
+    meta = f.metadata
+    groups, at, skip = [], 0, 0
+    for g in range(meta.num_row_groups):
+        size = meta.row_group(g).num_rows
+        if at + size > first_row and at < first_row + n:
+            if not groups:
+                skip = first_row - at
+            groups.append(g)
+        at += size
+    if not groups:
+        return f.schema_arrow.empty_table() if columns is None else f.read_row_groups([], columns=columns)
+    return f.read_row_groups(groups, columns=columns).slice(skip, n)
+
+
+def partition_chunk(plan: Plan, work: str, chunk: tuple, n_parts: int, index: int) -> dict:
+    """Pass 1 for one run of row groups: check the columns, attach the old results, write each
+    partition's share to work/pNNNN/cNNNNN.parquet. Returns counts and the chunk's rows."""
+    g0, g1, first_row = chunk
+    f = pq.ParquetFile(plan.visits)
+    table = f.read_row_groups(list(range(g0, g1)))
+    n = table.num_rows
+    src = str(plan.visits)
+    fields = VISIT_FIELDS + (PRECOMPUTED_FIELDS if plan.lines is None else [])
+    cols = _check_columns(table, fields, first_row + 1, src)
+    table = pa.table({**cols, _ROW: pa.array(np.arange(first_row + 1, first_row + n + 1, dtype=np.int64))})
+    if plan.old_results:
+        table = _attach_old(table, plan.old_results, first_row, src)
+    part = partition_of(table.column("psn_no"), n_parts)
+    order = np.argsort(part, kind="stable")
+    bounds = np.searchsorted(part[order], np.arange(n_parts + 1))
+    sorted_table = table.take(pa.array(order))
+    counts = []
+    for p in range(n_parts):
+        piece = sorted_table.slice(bounds[p], bounds[p + 1] - bounds[p])
+        counts.append(piece.num_rows)
+        if piece.num_rows:
+            d = Path(work) / f"p{p:04d}"
+            d.mkdir(parents=True, exist_ok=True)
+            pq.write_table(piece, d / f"c{index:05d}.parquet")
+    return {"rows": n, "counts": counts}
+
+
+def _attach_old(table: pa.Table, results_path: str, first_row: int, source: str) -> pa.Table:
+    """The old results of these rows (the results file is row for row the visits file)."""
+    n = table.num_rows
+    old = _read_rows(results_path, first_row, n)
+    if old.num_rows != n:
+        raise InputError("mdtrt_id", "the results file has fewer rows than the visits file", None,
+                         row=first_row + old.num_rows + 1, source=str(results_path))
+    res_fields = [("mdtrt_id", pa.string(), True, ""), ("policy_version", pa.string(), False, ""),
+                  ("status", pa.string(), False, "")] + [(c, pa.int64(), True, "") for c in COMPARED + ["medfee_sumamt"]]
+    cols = _check_columns(old, res_fields, first_row + 1, str(results_path))
+    differ = np.flatnonzero(~np.asarray(pc.equal(cols["mdtrt_id"], table.column("mdtrt_id")), dtype=bool))
+    if differ.size:
+        i = int(differ[0])
+        raise InputError("mdtrt_id", f"the results row is for another visit than the visits row "
+                         f"({table.column('mdtrt_id')[i].as_py()})", cols["mdtrt_id"][i].as_py(),
+                         row=first_row + i + 1, source=str(results_path))
+    extra = {"old_medfee_sumamt": cols["medfee_sumamt"]}
+    extra.update({f"old_{c}": cols[c] for c in COMPARED})
+    extra["old_version"] = cols.get("policy_version", pa.nulls(n, pa.string()))
+    extra["old_status"] = cols.get("status", pa.nulls(n, pa.string()))
+    for name, col in extra.items():
+        table = table.append_column(name, col)
+    return table
+
+
+def partition_lines(plan: Plan, work: str, n_parts: int, progress=None) -> None:
+    """Line items follow their visit's person: lines/pNNNN.parquet, each line numbered in the file."""
+    ids = pq.read_table(plan.visits, columns=["mdtrt_id", "psn_no"])
+    part = partition_of(ids.column("psn_no"), n_parts)
+    visit_ids = ids.column("mdtrt_id").combine_chunks()
+    del ids
+    f = pq.ParquetFile(plan.lines)
+    writers = {}
+    first = 0
+    try:
+        for batch in f.iter_batches(batch_size=1_000_000):
+            t = pa.Table.from_batches([batch])
+            cols = _check_columns(t, LINE_FIELDS, first + 1, str(plan.lines))
+            where = np.asarray(pc.index_in(cols["mdtrt_id"], value_set=visit_ids).fill_null(-1), dtype=np.int64)
+            bad = np.flatnonzero(where < 0)
+            if bad.size:
+                i = int(bad[0])
+                raise InputError("mdtrt_id", "line of a visit not in the visits", cols["mdtrt_id"][i].as_py(),
+                                 line=first + i + 1, source=str(plan.lines))
+            t = pa.table({**cols, _LINE: pa.array(np.arange(first + 1, first + t.num_rows + 1))})
+            lp = part[where]
+            for p in np.unique(lp):
+                piece = t.filter(pa.array(lp == p))
+                if p not in writers:
+                    writers[p] = pq.ParquetWriter(Path(work) / f"lines-p{p:04d}.parquet", piece.schema)
+                writers[p].write_table(piece)
+            first += t.num_rows
+            if progress:
+                progress()
+    finally:
+        for w in writers.values():
+            w.close()
+
+
+# --- pass 2: settle a partition, old and new ------------------------------------------------
+
+def _month(setl_time) -> pa.Array:
+    secs = np.asarray(setl_time.cast(pa.timestamp("s")).cast(pa.int64()))
+    months = secs.astype("datetime64[s]").astype("datetime64[M]").astype(np.int64)
+    return pa.array(((months // 12 + 1970) * 100 + months % 12 + 1).astype(np.int32))
+
+
+def _check_order(visits: pa.Table, source: str) -> None:
+    """A person's visits must come in settlement-time order (the order they were settled in):
+    a file where they do not is not a settlement log, and replaying it would move deductibles
+    and caps between visits. Duplicated visit rows are refused by the adapter (mdtrt_id)."""
+    n = visits.num_rows
+    if n < 2:
+        return
+    psn = np.asarray(visits.column("psn_no").combine_chunks().dictionary_encode().indices, dtype=np.int64)
+    rows = np.asarray(visits.column(_ROW), dtype=np.int64)
+    t = np.asarray(visits.column("setl_time").cast(pa.timestamp("s")).cast(pa.int64()))
+    order = np.lexsort((rows, psn))
+    same = psn[order][1:] == psn[order][:-1]
+    back = np.flatnonzero(same & (t[order][1:] < t[order][:-1]))
+    if back.size:
+        # report the earliest row (in the file) that goes back in time
+        bad = order[back + 1]
+        i = int(bad[np.argmin(rows[bad])])
+        raise InputError("setl_time", "visits of a person are not in settlement-time order "
+                         "(earlier than the person's previous visit in the file)",
+                         str(visits.column("setl_time")[i].as_py()), row=int(rows[i]),
+                         mdtrt_id=visits.column("mdtrt_id")[i].as_py(), source=source)
+
+
+def settle_partition(plan: Plan, visits: pa.Table, lines: pa.Table | None = None):
+    """(per-visit deltas, per-person totals, summary partial, gain histogram) of one partition.
+
+    All of a person's visits are in ``visits``; row numbers of errors are the input file's."""
+    src = str(plan.visits)
+    _check_order(visits, src)
+    rows = np.asarray(visits.column(_ROW), dtype=np.int64)
+    line_no = np.asarray(lines.column(_LINE), dtype=np.int64) if lines is not None else None
+
+    def run(settler):
+        try:
+            return settler.settle_table(visits, lines, source=src, line_source=str(plan.lines or "lines")).table
+        except InputError as e:
+            raise _shift(e, row=None if e.row is None else int(rows[e.row - 1]),
+                         line=None if e.line is None or line_no is None else int(line_no[e.line - 1])) from None
+
+    new_settler = plan.new.settler()
+    new = run(new_settler)
+    n = visits.num_rows
+    region = (visits.column("insu_admdvs").fill_null(new_settler.pack.region) if "insu_admdvs" in visits.column_names
+              else pa.array([new_settler.pack.region] * n, pa.string()))
+    cols = {"mdtrt_id": visits.column("mdtrt_id"), "psn_no": visits.column("psn_no"),
+            "insutype": visits.column("insutype"), "region": region,
+            "medins_lv": visits.column("medins_lv"), "med_type": visits.column("med_type"),
+            "month": _month(visits.column("setl_time")), "row": visits.column(_ROW),
+            "medfee_sumamt": new.column("medfee_sumamt")}
+    if plan.old is not None:
+        old = run(plan.old.settler())
+        cols["old_version"] = old.column("policy_version").cast(pa.string())
+        cols["old_status"] = old.column("status").cast(pa.string())
+        old_of = {c: np.asarray(old.column(c)) for c in COMPARED}
+    else:
+        fee = np.asarray(visits.column("old_medfee_sumamt"))
+        bad = np.flatnonzero(fee != np.asarray(new.column("medfee_sumamt")))
+        if bad.size:
+            i = int(np.argmin(rows[bad]))
+            i = int(bad[i])
+            raise InputError("medfee_sumamt", "the old result's total differs from the visit's "
+                             f"({int(np.asarray(new.column('medfee_sumamt'))[i])})", int(fee[i]),
+                             row=int(rows[i]), mdtrt_id=visits.column("mdtrt_id")[i].as_py(),
+                             source=str(plan.old_results))
+        cols["old_version"] = visits.column("old_version")
+        cols["old_status"] = visits.column("old_status")
+        old_of = {c: np.asarray(visits.column(f"old_{c}")) for c in COMPARED}
+    cols["new_version"] = new.column("policy_version").cast(pa.string())
+    cols["new_status"] = new.column("status").cast(pa.string())
+    for c in COMPARED:
+        o, w = old_of[c], np.asarray(new.column(c))
+        cols[f"old_{c}"] = pa.array(o)
+        cols[f"new_{c}"] = pa.array(w)
+        cols[f"delta_{c}"] = pa.array(w - o)
+    per_visit = pa.table(cols)
+    return per_visit, person_totals(per_visit), summary_partial(per_visit), gain_histogram_of(per_visit)
+
+
+def person_totals(per_visit: pa.Table) -> pa.Table:
+    """Per person: visits, visits whose result changed, delta per fund, owed (补付) / recovered (追回).
+
+    Owed is what the patient paid too much (their share fell): -sum(delta psn_part_amt) when positive."""
+    changed = pc.cast(pc.not_equal(per_visit.column("delta_fund_pay_sumamt"), 0), pa.int64())
+    t = per_visit.select(["psn_no", "insutype"] + [f"delta_{c}" for c in COMPARED]).append_column("changed", changed)
+    g = t.group_by(["psn_no", "insutype"], use_threads=False).aggregate(
+        [("changed", "count"), ("changed", "sum")] + [(f"delta_{c}", "sum") for c in COMPARED])
+    g = g.rename_columns(_renamed(g))
+    g = g.select(["psn_no", "insutype", "visits", "visits_changed"] + [f"delta_{c}" for c in COMPARED])
+    net = -np.asarray(g.column("delta_psn_part_amt"))
+    g = g.append_column("owed", pa.array(np.maximum(net, 0)))
+    g = g.append_column("recovered", pa.array(np.maximum(-net, 0)))
+    return g.sort_by([("psn_no", "ascending"), ("insutype", "ascending")])
+
+
+def _renamed(g: pa.Table) -> list:
+    names = []
+    for name in g.column_names:
+        if name == "changed_count":
+            names.append("visits")
+        elif name == "changed_sum":
+            names.append("visits_changed")
+        elif name.endswith("_sum"):
+            names.append(name[:-4])
+        else:
+            names.append(name)
+    return names
+
+
+def summary_partial(per_visit: pa.Table) -> pa.Table:
+    """Sums by KEYS: visits, cost, and per compared column old/new/delta and person-times > 0."""
+    cols = {k: per_visit.column(k) for k in KEYS}
+    cols["visits"] = pa.array(np.ones(per_visit.num_rows, np.int64))
+    cols["medfee_sumamt"] = per_visit.column("medfee_sumamt")
+    for c in COMPARED:
+        o, w = np.asarray(per_visit.column(f"old_{c}")), np.asarray(per_visit.column(f"new_{c}"))
+        cols[f"old_{c}"], cols[f"new_{c}"], cols[f"delta_{c}"] = pa.array(o), pa.array(w), pa.array(w - o)
+        if c in FUNDS or c == "fund_pay_sumamt":
+            cols[f"old_n_{c}"] = pa.array((o > 0).astype(np.int64))
+            cols[f"new_n_{c}"] = pa.array((w > 0).astype(np.int64))
+    return combine_summaries([pa.table(cols)])
+
+
+def combine_summaries(parts: list) -> pa.Table:
+    parts = [p for p in parts if p is not None and p.num_rows]
+    if not parts:
+        return None
+    t = pa.concat_tables(parts)
+    values = [c for c in t.column_names if c not in KEYS]
+    g = t.group_by(KEYS, use_threads=False).aggregate([(c, "sum") for c in values])
+    g = g.rename_columns([c[:-4] if c.endswith("_sum") and c[:-4] in values else c for c in g.column_names])
+    return g.select(KEYS + values).sort_by([(k, "ascending") for k in KEYS])
+
+
+def gain_histogram_of(per_visit: pa.Table) -> dict:
+    """Persons by net gain (owed) and by net loss (recovered), bucketed by GAIN_EDGES."""
+    p = person_totals(per_visit)
+    return {"owed": np.histogram(np.asarray(p.column("owed")), bins=GAIN_EDGES + [2**62])[0].tolist(),
+            "recovered": np.histogram(np.asarray(p.column("recovered")), bins=GAIN_EDGES + [2**62])[0].tolist(),
+            "persons": p.num_rows,
+            "owed_total": int(pc.sum(p.column("owed")).as_py() or 0),
+            "recovered_total": int(pc.sum(p.column("recovered")).as_py() or 0),
+            "persons_owed": int(np.count_nonzero(np.asarray(p.column("owed")))),
+            "persons_recovered": int(np.count_nonzero(np.asarray(p.column("recovered"))))}
+
+
+def add_histograms(hists: list) -> dict:
+    out = None
+    for h in hists:
+        if out is None:
+            out = {k: (list(v) if isinstance(v, list) else v) for k, v in h.items()}
+            continue
+        for k, v in h.items():
+            out[k] = [a + b for a, b in zip(out[k], v)] if isinstance(v, list) else out[k] + v
+    return out or {"owed": [0] * len(GAIN_EDGES), "recovered": [0] * len(GAIN_EDGES), "persons": 0,
+                   "owed_total": 0, "recovered_total": 0, "persons_owed": 0, "persons_recovered": 0}
+
+
+def settle_part_files(plan: Plan, work: str, part: int) -> tuple:
+    """Pass 2 for one partition, from its pass-1 files to its output parts. Returns the small
+    results (summary partial, histogram); the per-visit and per-person tables go to files."""
+    d = Path(work) / f"p{part:04d}"
+    files = sorted(d.glob("c*.parquet")) if d.exists() else []
+    if not files:
+        return None, add_histograms([])
+    visits = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
+    lines_path = Path(work) / f"lines-p{part:04d}.parquet"
+    lines = pq.read_table(lines_path) if plan.lines and lines_path.exists() else None
+    if plan.lines and lines is None:
+        lines = _empty_lines()
+    per_visit, persons, summary, hist = settle_partition(plan, visits, lines)
+    del visits, lines
+    out = Path(work) / "out"
+    (out / "visits").mkdir(parents=True, exist_ok=True)
+    (out / "persons").mkdir(parents=True, exist_ok=True)
+    pq.write_table(per_visit.sort_by("row"), out / "visits" / f"part-{part:04d}.parquet", row_group_size=256_000)
+    pq.write_table(persons, out / "persons" / f"part-{part:04d}.parquet")
+    return summary, hist
+
+
+def _empty_lines():
+    return pa.table({name: pa.array([], typ) for name, typ, _, _ in LINE_FIELDS} | {_LINE: pa.array([], pa.int64())})
+
+
+# --- the whole run, in one process ----------------------------------------------------------
+
+@dataclass
+class Outcome:
+    """What a run produced: the output directory, the summary and the persons' histogram."""
+    out: Path
+    summary: pa.Table
+    histogram: dict
+    rows: int
+    partitions: int
+
+
+def prepare_work(out_dir) -> tuple[Path, Path]:
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
+    work.mkdir()
+    return out, work
+
+
+def finish(work: Path, out: Path, plan: Plan, summary: pa.Table, hist: dict, rows: int, n_parts: int,
+           report=None) -> Outcome:
+    """Write summary.parquet and meta, then move out/ into place (replacing an older run)."""
+    final = work / "out"
+    (final / "visits").mkdir(parents=True, exist_ok=True)
+    (final / "persons").mkdir(parents=True, exist_ok=True)
+    if summary is None:
+        summary = empty_summary()
+    pq.write_table(summary, final / "summary.parquet")
+    (final / "meta.json").write_text(json.dumps({"plan": plan.as_dict(), "rows": rows, "partitions": n_parts,
+                                                 "histogram": hist}, indent=1, default=str))
+    if report is not None:
+        report(final)
+    if out.exists():
+        shutil.rmtree(out)
+    final.replace(out)
+    shutil.rmtree(work, ignore_errors=True)
+    return Outcome(out, summary, hist, rows, n_parts)
+
+
+def empty_summary() -> pa.Table:
+    cols = {k: pa.array([], pa.string()) for k in KEYS if k != "month"} | {"month": pa.array([], pa.int32())}
+    cols["visits"] = pa.array([], pa.int64())
+    cols["medfee_sumamt"] = pa.array([], pa.int64())
+    for c in COMPARED:
+        for p in ("old_", "new_", "delta_"):
+            cols[p + c] = pa.array([], pa.int64())
+        if c in FUNDS or c == "fund_pay_sumamt":
+            cols[f"old_n_{c}"] = pa.array([], pa.int64())
+            cols[f"new_n_{c}"] = pa.array([], pa.int64())
+    return pa.table({k: cols[k] for k in KEYS} | {k: v for k, v in cols.items() if k not in KEYS})
+
+
+def check_plan(plan: Plan) -> None:
+    if (plan.old is None) == (plan.old_results is None):
+        raise ValueError("give either the old policy or the old results, not both or neither")
+    if plan.old_results and plan.lines:
+        pass  # lines re-itemize the new side only; the old side is the file's
+    for p in (plan.visits, plan.old_results, plan.lines):
+        if p and not Path(p).exists():
+            raise InputError("path", "no such file", str(p))
+    if Path(plan.visits).suffix.lower() != ".parquet":
+        raise InputError("path", "re-settlement reads Parquet (row groups bound its memory)", str(plan.visits))
+
+
+def resettle(plan: Plan, out_dir, progress=None, report=None) -> Outcome:
+    """Run both passes in this process. progress: optional rich Progress."""
+    check_plan(plan)
+    plan.new.settler()
+    if plan.old is not None:
+        plan.old.settler()
+    out, work = prepare_work(out_dir)
+    try:
+        n_rows = pq.ParquetFile(plan.visits).metadata.num_rows
+        if plan.old_results:
+            n_old = pq.ParquetFile(plan.old_results).metadata.num_rows
+            if n_old != n_rows:
+                raise InputError("mdtrt_id", f"the results file has {n_old} rows, the visits file {n_rows}",
+                                 None, source=str(plan.old_results))
+        n_parts = plan.n_partitions or n_partitions_for(n_rows, plan.partition_rows)
+        chunks = chunks_of(plan.visits, max(1, plan.partition_rows))
+        task = progress.add_task("split by person", total=len(chunks)) if progress else None
+        for k, chunk in enumerate(chunks):
+            partition_chunk(plan, str(work), chunk, n_parts, k)
+            if progress:
+                progress.update(task, advance=1)
+        if plan.lines:
+            lt = progress.add_task("split line items", total=None) if progress else None
+            partition_lines(plan, str(work), n_parts, (lambda: progress.update(lt, advance=1)) if progress else None)
+        task = progress.add_task(f"settle old and new, {n_parts} partitions", total=n_parts) if progress else None
+        summaries, hists = [], []
+        for p in range(n_parts):
+            s, h = settle_part_files(plan, str(work), p)
+            summaries.append(s)
+            hists.append(h)
+            shutil.rmtree(work / f"p{p:04d}", ignore_errors=True)
+            if progress:
+                progress.update(task, advance=1)
+        return finish(work, out, plan, combine_summaries(summaries), add_histograms(hists), n_rows, n_parts, report)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def resettle_tables(new, visits: pa.Table, old=None, old_results: pa.Table | None = None,
+                    lines: pa.Table | None = None):
+    """In memory, for a table that fits: (per-visit, per-person, summary, histogram).
+
+    new/old: PolicySpec. old_results: a results table row for row with visits (instead of old)."""
+    plan = Plan(visits="<table>", new=new, old=old, old_results="<table>" if old_results is not None else None,
+                lines="<table>" if lines is not None else None)
+    n = visits.num_rows
+    cols = _check_columns(visits, VISIT_FIELDS + (PRECOMPUTED_FIELDS if lines is None else []), 1, "visits")
+    table = pa.table({**cols, _ROW: pa.array(np.arange(1, n + 1, dtype=np.int64))})
+    if old_results is not None:
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            pq.write_table(old_results, Path(d) / "old.parquet")
+            table = _attach_old(table, str(Path(d) / "old.parquet"), 0, "visits")
+    if lines is not None:
+        lines = lines.append_column(_LINE, pa.array(np.arange(1, lines.num_rows + 1, dtype=np.int64)))
+    return settle_partition(plan, table, lines)
+
+
+# --- fund figures: ratios and surplus ------------------------------------------------------
+
+def totals(summary: pa.Table) -> dict:
+    """Column sums of a summary (or of a filtered one)."""
+    return {c: int(pc.sum(summary.column(c)).as_py() or 0) for c in summary.column_names if c not in KEYS}
+
+
+def surplus(spent_old: int, spent_new: int, income: int, carried: int = 0) -> dict:
+    """Current-year and cumulative surplus ratios (bp) before and after, against 15% / 25%.
+
+    current = (income - spending) / income; cumulative = (carried + income - spending) / income."""
+    def ratio(x):
+        return (x * 10000) // income if income else 0
+    out = {}
+    for side, spent in (("old", spent_old), ("new", spent_new)):
+        cur, cum = ratio(income - spent), ratio(carried + income - spent)
+        out[side] = {"spent": spent, "current_bp": cur, "cumulative_bp": cum}
+    warnings = []
+    for side, word in (("old", "before"), ("new", "after")):
+        cur, cum = out[side]["current_bp"], out[side]["cumulative_bp"]
+        if cur > SURPLUS_LIMIT_BP:
+            warnings.append(f"{word} the change: current-year surplus {cur / 100:.2f}% is above the 15% limit")
+        if cum > CUMULATIVE_LIMIT_BP:
+            warnings.append(f"{word} the change: cumulative surplus {cum / 100:.2f}% is above the 25% limit")
+        if cur < 0:
+            warnings.append(f"{word} the change: the fund spends more than its income (current-year deficit "
+                            f"{-cur / 100:.2f}%)")
+        if cum < 0:
+            warnings.append(f"{word} the change: the accumulated balance is exhausted ({cum / 100:.2f}%)")
+    out["warnings"] = warnings
+    return out
+
+
+# --- CLI --------------------------------------------------------------------------------------
+
+def add_subcommands(sub) -> None:
+    r = sub.add_parser("resettle", help="re-settle visits under another version, pack or draft: deltas and fund impact",
+                       description=__doc__.split("\n\n")[0])
+    r.add_argument("visits", help="visits Parquet (precomputed amounts, or with --lines)")
+    r.add_argument("--lines", help="line items Parquet")
+    r.add_argument("--old-results", help="results Parquet of `medsettle settle` for the same visits (the old side)")
+    r.add_argument("--old-pack", help="pack (or draft) of the old side, when no --old-results (default: sample rural)")
+    r.add_argument("--old-version", help="version (ID or SCHEME:ID) governing every date on the old side")
+    r.add_argument("--new-pack", help="pack or draft TOML of the new side (default: the old pack)")
+    r.add_argument("--new-version", help="version (ID or SCHEME:ID) governing every date on the new side")
+    r.add_argument("--catalogue", help="catalogue CSV/Parquet (default: the shipped sample)")
+    r.add_argument("--out", default="out/resettle", help="output directory (default %(default)s)")
+    r.add_argument("--partition-rows", type=int, default=DEFAULT_PARTITION_ROWS,
+                   help="visits per partition: bounds memory (default %(default)s)")
+    r.add_argument("--fund-income", type=float, help="the fund's income for the year, yuan: surplus ratios")
+    r.add_argument("--carried-surplus", type=float, default=0.0, help="accumulated balance at the start of the year, yuan")
+    r.add_argument("--enrollees", type=int, help="persons enrolled: benefit coverage (person-times / enrollees)")
+    r.add_argument("--fund-layers", default=",".join(DEFAULT_FUND_LAYERS),
+                   help="fund columns the pooled fund pays, for the surplus (default %(default)s)")
+    r.add_argument("--scheduler", help="Dask scheduler address (tcp://host:8786), or 'local' for a LocalCluster")
+    r.add_argument("--workers", type=int, default=2, help="workers of a local Dask cluster (default %(default)s)")
+    r.add_argument("--report", choices=["html", "png", "both", "none"], default="html",
+                   help="report file(s) in the output directory (default %(default)s)")
+    r.set_defaults(func=cmd_resettle)
+
+    from .region import add_subcommands as add_region
+    add_region(sub)
+
+
+def _yuan_to_fen(v):
+    return None if v is None else int(round(v * 100))
+
+
+def plan_from_args(args) -> Plan:
+    catalogue = args.catalogue
+    new_pack = args.new_pack or args.old_pack
+    if args.old_results and (args.old_pack or args.old_version):
+        raise InputError("--old-results", "give the old results or the old pack/version, not both", args.old_results)
+    if not args.new_pack and not args.new_version:
+        raise InputError("--new-pack", "say what to re-settle under: --new-pack and/or --new-version", None)
+    old = None if args.old_results else PolicySpec(args.old_pack, args.old_version, catalogue)
+    layers = [c.strip() for c in args.fund_layers.split(",") if c.strip()]
+    for c in layers:
+        if c not in FUNDS:
+            raise InputError("--fund-layers", f"not a fund column (known: {', '.join(FUNDS)})", c)
+    return Plan(visits=args.visits, new=PolicySpec(new_pack, args.new_version, catalogue), old=old,
+                old_results=args.old_results, lines=args.lines, partition_rows=args.partition_rows,
+                fund_layers=layers)
+
+
+def cmd_resettle(args) -> int:
+    from .cli import _phases, console, err
+    from . import report as rep
+    plan = plan_from_args(args)
+    funding = rep.Funding(income=_yuan_to_fen(args.fund_income), carried=_yuan_to_fen(args.carried_surplus) or 0,
+                          enrollees=args.enrollees, layers=plan.fund_layers)
+    kinds = {"html": ["html"], "png": ["png"], "both": ["html", "png"], "none": []}[args.report]
+
+    def write_report(final: Path):
+        rep.write_reports(final, kinds, plan, funding)
+
+    with _phases(0) as progress:
+        if args.scheduler:
+            from .scaleout import resettle_dask
+            outcome = resettle_dask(plan, args.out, args.scheduler, n_workers=args.workers,
+                                    progress=progress, report=write_report)
+        else:
+            outcome = resettle(plan, args.out, progress=progress, report=write_report)
+    rep.print_summary(console, outcome, plan, funding)
+    err.print(f"written to {outcome.out}/ ({outcome.rows:,} visits, {outcome.partitions} partitions)")
+    return 0
