@@ -87,14 +87,22 @@ def _ints(col, dtype, default=0):
     return np.asarray(col.fill_null(default), dtype=dtype)
 
 
-def _check_money(values, name, source, rows=None, lines=None, allow_zero=True):
+def _money_rule(v):
+    return "must not be negative" if v < 0 else f"overflow: above {MAX_MONEY} fen"
+
+
+def _check_money(values, name, source, rows=None, lines=None):
     bad = np.flatnonzero((values < 0) | (values > MAX_MONEY))
     if bad.size:
         i = int(bad[0])
         v = int(values[i])
-        rule = "must not be negative" if v < 0 else f"overflow: above {MAX_MONEY} fen"
-        raise InputError(name, rule, v, row=None if rows is None else int(rows[i]),
+        raise InputError(name, _money_rule(v), v, row=None if rows is None else int(rows[i]),
                          line=None if lines is None else int(lines[i]), source=source)
+
+
+def _check_money_one(v, name, source, row=None, line=None):
+    if v < 0 or v > MAX_MONEY:
+        raise InputError(name, _money_rule(v), int(v), row=row, line=line, source=source)
 
 
 def _map_codes(col, mapping: dict, name, source, default=None):
@@ -217,10 +225,11 @@ def prepare(compiled, catalogue, visits: pa.Table, lines: pa.Table | None, sourc
 
     item = (_itemize_lines(compiled, catalogue, ids, lines, n, line_source) if lines is not None
             else _precomputed(visits, n, source))
-    declared = _ints(col["medfee_sumamt"], np.int64, default=-1)
-    if declared is not None:
-        _check_money(np.where(declared < 0, 0, declared), "medfee_sumamt", source, rows=np.arange(1, n + 1))
-        bad = np.flatnonzero((declared >= 0) & (declared != item[_I["I_MEDFEE"]]))
+    if col["medfee_sumamt"] is not None:
+        given = ~np.asarray(col["medfee_sumamt"].is_null(), dtype=bool)
+        declared = _ints(col["medfee_sumamt"], np.int64)
+        _check_money(declared, "medfee_sumamt", source, rows=np.arange(1, n + 1))
+        bad = np.flatnonzero(given & (declared != item[_I["I_MEDFEE"]]))
         if bad.size:
             i = int(bad[0])
             raise InputError("medfee_sumamt", f"total is not the sum of the lines ({int(item[_I['I_MEDFEE']][i])})",
@@ -347,3 +356,231 @@ def _itemize_lines(compiled, catalogue, visit_ids, lines: pa.Table, n, source):
             catalogue.cls, catalogue.prepay, catalogue.ceiling, catalogue.essential, item)
     _check_money(item[_I["I_MEDFEE"]], "medfee_sumamt", source, rows=np.arange(1, n + 1))
     return item
+
+
+# --- one visit (real time) -------------------------------------------------------------------------
+# The same checks as prepare(), in the same order and with the same words, on plain Python values:
+# a real-time call must not pay for dozens of Arrow calls on a table of one row.
+# tests/test_realtime_path.py proves the two paths agree, result for result and error for error.
+
+def _scalar_int(name, value, row=1, source="visit", default=None):
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise InputError(name, "must be int64", value, row=row, source=source)
+
+
+class OneVisitAdapter:
+    """Kernel inputs for a single visit given as a dict (the gRPC path)."""
+
+    def __init__(self, compiled, catalogue):
+        import datetime as dt
+        self.cp = compiled
+        self.catalogue = catalogue
+        self.code_index = {c: i for i, c in enumerate(catalogue.codes.to_pylist())}
+        self.epoch = dt.date(1970, 1, 1)
+        self.spans = {}              # scheme index -> [(from days, to days, version index)]
+        for vi, v in enumerate(compiled.versions):
+            to = (v.effective_to - self.epoch).days if v.effective_to else 10**9
+            self.spans.setdefault(compiled.scheme_index[v.scheme], []).append(
+                ((v.effective_from - self.epoch).days, to, vi))
+        self.groups = {}             # (diagnosis, age) -> group
+
+    def _str(self, visit, name, required, source):
+        value = visit.get(name)
+        if value is None:
+            if required:
+                raise InputError(name, "required value is missing", None, row=1, source=source)
+            return None
+        if not isinstance(value, str):
+            raise InputError(name, "must be string", value, row=1, source=source)
+        return value
+
+    def _date(self, visit, name, required, source, timestamp=False):
+        import datetime as dt
+        value = visit.get(name)
+        if value is None:
+            if required:
+                raise InputError(name, "required value is missing", None, row=1, source=source)
+            return None
+        if isinstance(value, dt.datetime):
+            if not timestamp:
+                value = value.date()
+        elif isinstance(value, dt.date):
+            pass
+        else:
+            raise InputError(name, f"must be {'timestamp[s]' if timestamp else 'date32[day]'}", value,
+                             row=1, source=source)
+        d = value.date() if isinstance(value, dt.datetime) else value
+        return (d - self.epoch).days, value
+
+    def _code(self, value, mapping, name, source):
+        if value not in mapping:
+            raise InputError(name, f"unknown code (known: {', '.join(map(str, mapping))})", value,
+                             row=1, source=source)
+        return mapping[value]
+
+    def prepare(self, visit: dict, lines, balance: int, source="visit", line_source="lines"):
+        """-> (columns: dict of one-element arrays for the kernel, item (N_ITEM, 1), version, year)."""
+        cp, pack = self.cp, self.cp.pack
+        # field presence and types, in schema order (as prepare() checks columns)
+        strings = {}
+        dates = {}
+        for name, typ, required, _ in VISIT_FIELDS:
+            if pa.types.is_string(typ):
+                strings[name] = self._str(visit, name, required, source)
+            elif pa.types.is_date(typ):
+                dates[name] = self._date(visit, name, required, source)
+            elif pa.types.is_timestamp(typ):
+                dates[name] = self._date(visit, name, required, source, timestamp=True)
+            else:
+                _scalar_int(name, visit.get(name), source=source)
+        scheme = self._code(strings["insutype"], cp.scheme_index, "insutype", source)
+        med_type = self._code(strings["med_type"], cp.med_type_index, "med_type", source)
+        level = self._code(strings["medins_lv"], cp.level_index, "medins_lv", source)
+        cause = self._code(strings["inj_cause"] if strings["inj_cause"] is not None else "none",
+                           cp.cause_index, "inj_cause", source)
+        cats = 0
+        for name in filter(None, (t.strip() for t in (strings["psn_cats"] or "").split(","))):
+            if name not in cp.category_bit:
+                raise InputError("psn_cats", f"unknown person category (known: {', '.join(cp.category_bit)})",
+                                 name, row=1, source=source)
+            cats |= 1 << cp.category_bit[name]
+        end = dates["enddate"][0]
+        begin = dates["begndate"][0] if dates["begndate"] is not None else end
+        setl = dates["setl_time"][0]
+        kind = pack.schemes[scheme].governing_date
+        gov = {"admission": begin, "discharge": end, "settlement": setl}[kind]
+        if begin > end:
+            raise InputError("begndate", "admission after discharge", str(np.datetime64(begin, "D")),
+                             row=1, source=source)
+        version = next((vi for lo, hi, vi in self.spans.get(scheme, ()) if lo <= gov <= hi), -1)
+        if version < 0:
+            raise InputError({"admission": "begndate", "discharge": "enddate", "settlement": "setl_time"}[kind],
+                             f"no policy version of scheme {pack.schemes[scheme].code} in force on this date",
+                             str(np.datetime64(gov, "D")), row=1, source=source)
+        age = -1
+        if dates["brdy"] is not None:
+            age = int(_age(np.array([dates["brdy"][0]], np.int32), np.array([gov], np.int32))[0])
+        diag = strings["dise_codg"]
+        group = self.groups.get((diag, age))
+        if group is None:
+            group = int(cp.resolve_groups(pa.array([diag], pa.string()), np.array([age], np.int32))[0])
+            if len(self.groups) < 100_000:
+                self.groups[(diag, age)] = group
+        insured = strings["insu_admdvs"] or pack.region
+        treated = strings["mdtrt_admdvs"] or insured
+        out_area = 0 if treated == insured else (1 if visit.get("out_filing_flag") else 2)
+        bed_days = _scalar_int("ipt_days", visit.get("ipt_days"), source=source, default=0)
+        if bed_days < 0:
+            raise InputError("ipt_days", "must not be negative", bed_days, row=1, source=source)
+        _check_money_one(balance, "acct_balc", source, row=1)
+        item = (self._itemize(visit, lines, line_source) if lines is not None
+                else self._precomputed(visit, source))
+        declared = _scalar_int("medfee_sumamt", visit.get("medfee_sumamt"), source=source)
+        if declared is not None:
+            _check_money_one(declared, "medfee_sumamt", source, row=1)
+            if declared != item[_I["I_MEDFEE"], 0]:
+                raise InputError("medfee_sumamt",
+                                 f"total is not the sum of the lines ({int(item[_I['I_MEDFEE'], 0])})",
+                                 declared, row=1, mdtrt_id=strings["mdtrt_id"], source=source)
+        rule = (version * cp.n_med_types + med_type) * cp.n_levels + level
+        year = int(np.datetime64(gov, "D").astype("datetime64[Y]").astype(int)) + 1970
+        cols = {"rule": np.array([rule], np.int32), "group": np.array([group], np.int16),
+                "cats": np.array([cats], np.int16), "cause": np.array([cause], np.int8),
+                "out_area": np.array([out_area], np.int8),
+                "referral": np.array([1 if visit.get("refl_flag") else 0], np.int8),
+                "bed_days": np.array([bed_days], np.int32),
+                "acct_used": np.array([1 if visit.get("acct_used_flag") else 0], np.int8)}
+        return cols, item, version, year
+
+    def _precomputed(self, visit, source):
+        item = np.zeros((N_ITEM, 1), dtype=np.int64)
+        names = {"fulamt_ownpay_amt": "I_FULAMT", "overlmt_selfpay": "I_OVERLMT",
+                 "preselfpay_amt": "I_PRESELFPAY", "inscp_scp_amt": "I_INSCP",
+                 "inscp_essential_amt": "I_INSCP_ESS"}
+        for name, typ, required, _ in PRECOMPUTED_FIELDS:
+            value = visit.get(name)
+            if value is None:
+                if required:
+                    raise InputError(name, "required column is missing" if name not in visit
+                                     else "required value is missing", None,
+                                     row=None if name not in visit else 1, source=source)
+                continue
+            value = _scalar_int(name, value, source=source)
+            _check_money_one(value, name, source, row=1)
+            item[_I[names[name]], 0] = value
+        if item[_I["I_INSCP_ESS"], 0] > item[_I["I_INSCP"], 0]:
+            raise InputError("inscp_essential_amt", "exceeds inscp_scp_amt", int(item[_I["I_INSCP_ESS"], 0]),
+                             row=1, source=source)
+        item[_I["I_MEDFEE"], 0] = item[1:5, 0].sum()
+        _check_money_one(int(item[_I["I_MEDFEE"], 0]), "medfee_sumamt", source, row=1)
+        return item
+
+    def _itemize(self, visit, lines, source):
+        from ._itemize import itemize
+        m = len(lines)
+        code = np.empty(m, np.int32)
+        cnt = np.empty(m, np.int64)
+        pric = np.empty(m, np.int64)
+        amt = np.empty(m, np.int64)
+        mdtrt_id = visit.get("mdtrt_id")
+        seen = set()
+        unknown_refused = self.cp.pack.unknown_codes == "refuse"
+        # checks in the order prepare() makes them, each over all lines before the next
+        parsed = []
+        for k, line in enumerate(lines, 1):
+            for name, typ, required, _ in LINE_FIELDS:
+                value = line.get(name)
+                if value is None:
+                    raise InputError(name, "required value is missing", None, row=k, source=source)
+                if pa.types.is_string(typ) and not isinstance(value, str):
+                    raise InputError(name, "must be string", value, row=k, source=source)
+                if pa.types.is_integer(typ):
+                    _scalar_int(name, value, row=k, source=source)
+            parsed.append(line)
+        for k, line in enumerate(parsed, 1):
+            if line["mdtrt_id"] != mdtrt_id:
+                raise InputError("mdtrt_id", "line of a visit not in the visits", line["mdtrt_id"], line=k,
+                                 source=source)
+        for k, line in enumerate(parsed):
+            cnt[k] = _scalar_int("cnt", line["cnt"])
+            pric[k] = _scalar_int("pric", line["pric"])
+            amt[k] = _scalar_int("det_item_fee_sumamt", line["det_item_fee_sumamt"])
+        for k in range(m):
+            if cnt[k] < 0 or cnt[k] > MAX_COUNT:
+                raise InputError("cnt", "quantity must be a whole number from 0 to 10^9", int(cnt[k]),
+                                 line=k + 1, mdtrt_id=mdtrt_id, source=source)
+        line_numbers = np.arange(1, m + 1)
+        _check_money(pric, "pric", source, lines=line_numbers)
+        _check_money(amt, "det_item_fee_sumamt", source, lines=line_numbers)
+        for k in range(m):
+            if pric[k] > 0 and cnt[k] > MAX_MONEY // pric[k]:
+                raise InputError("cnt", f"overflow: cnt x pric above {MAX_MONEY} fen", int(cnt[k]), line=k + 1,
+                                 mdtrt_id=mdtrt_id, source=source)
+        for k in range(m):
+            if cnt[k] * pric[k] != amt[k]:
+                raise InputError("det_item_fee_sumamt", f"amount is not cnt x pric ({int(cnt[k] * pric[k])})",
+                                 int(amt[k]), line=k + 1, mdtrt_id=mdtrt_id, source=source)
+        # duplicates are reported at the later line in (line_no, position) order, as prepare() does
+        for k in sorted(range(m), key=lambda k: (int(parsed[k]["line_no"]), k)):
+            key = int(parsed[k]["line_no"])
+            if key in seen:
+                raise InputError("line_no", "duplicate line id within the visit", key, line=k + 1,
+                                 mdtrt_id=mdtrt_id, source=source)
+            seen.add(key)
+        for k, line in enumerate(parsed):
+            code[k] = self.code_index.get(line["hilist_code"], -1)
+            if code[k] < 0 and unknown_refused:
+                raise InputError("hilist_code", "not in the catalogue (the pack refuses unknown codes)",
+                                 line["hilist_code"], line=k + 1, mdtrt_id=mdtrt_id, source=source)
+        item = np.zeros((N_ITEM, 1), dtype=np.int64)
+        c = self.catalogue
+        itemize(np.array([0, m], np.int64), code, cnt, pric, amt, c.cls, c.prepay, c.ceiling, c.essential, item)
+        _check_money_one(int(item[_I["I_MEDFEE"], 0]), "medfee_sumamt", source, row=1)
+        return item

@@ -45,7 +45,6 @@ __all__ = ["Settler", "OneResult", "SetlDetail", "ACC_COLS", "OUT_COLS"]
 
 # --- implementation ------------------------------------------------------------------------------
 
-import datetime as _dt
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -55,12 +54,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import layout
-from .adapter import prepare
+from .adapter import OneVisitAdapter, prepare
 from .catalogue import Catalogue, load_catalogue
 from .compile import compile_pack
 from .errors import InputError
 from .policy import Pack, load_pack
-from .schema import LINE_SCHEMA, VISIT_FIELDS
 
 _C = layout.as_constants()
 _STATUS_NAMES = {v: k for k, v in layout.STATUS.items()}
@@ -108,6 +106,7 @@ class Settler:
         self.pack_source = str(pack_source)
         self._labels = [self.compiled.version_label(v) for v in range(len(self.compiled.versions))]
         self._reference_catalogue = None
+        self._one = OneVisitAdapter(self.compiled, catalogue)
 
     @classmethod
     def from_files(cls, pack_path=None, catalogue_path=None) -> "Settler":
@@ -210,26 +209,38 @@ class Settler:
 
     def settle_one(self, visit: dict, lines: list | None = None, acc: dict | None = None,
                    balance: int = 0, mode="settle") -> OneResult:
-        """One visit with the person's current totals; returns the result and the totals after."""
-        key = self.acc_key(visit)
-        row = {name: visit.get(name) for name, *_ in VISIT_FIELDS}
-        row["acct_balc"] = int(balance)
-        visits = pa.Table.from_pylist([row], schema=_VISIT_SCHEMA_FULL)
-        for name in _PRECOMPUTED_NAMES:
-            if lines is None and name in visit:
-                visits = visits.append_column(name, pa.array([visit[name]], pa.int64()))
-        line_table = pa.Table.from_pylist(list(lines), schema=LINE_SCHEMA) if lines is not None else None
-        batch = self.settle_table(visits, line_table, mode, opening_acc={key: acc or {}})
-        r = batch.table.to_pylist()[0]
-        acc_row = batch.accumulators.to_pylist()[0]
-        amounts = {name: r[name] for name in layout.OUT_COLS}
+        """One visit with the person's current totals; returns the result and the totals after.
+
+        The same kernel as settle_table, on a batch of one; only the conversion differs (plain
+        Python values instead of Arrow columns, with the same checks and the same messages).
+        """
+        from ._chain import settle
+
+        cols, item, version, year = self._one.prepare(visit, lines, int(balance))
+        acc_row = np.array([[int((acc or {}).get(name, 0)) for name in layout.ACC_COLS]], dtype=np.int64)
+        bal = np.array([int(balance)], dtype=np.int64)
+        out = np.empty((len(layout.OUT_COLS), 1), dtype=np.int64)
+        status = np.empty(1, dtype=np.int8)
+        flags = np.empty(1, dtype=np.int32)
+        cp = self.compiled
+        settle(cp.rules, cp.diseases, cp.bands, cp.n_groups, item, cols["rule"], cols["group"], cols["cats"],
+               cols["cause"], cols["out_area"], cols["referral"], cols["bed_days"], cols["acct_used"],
+               _ZERO_SLOT, _ZERO_SLOT, acc_row, bal, _MODES[mode], out, status, flags)
+        amounts = dict(zip(layout.OUT_COLS, out[:, 0].tolist()))
+        code = int(status[0])
+        label = self._labels[version]
+        reason = ""
+        if code == layout.STATUS["EXCLUDED"]:
+            reason = f"excluded_cause:{self.pack.injury_causes[int(cols['cause'][0])]}"
+        elif code in (layout.STATUS["REFUSED"], layout.STATUS["PROVISIONAL"]):
+            reason = "pending_cause"
+        elif code == layout.STATUS["NOT_COVERED"]:
+            reason = "not_covered"
         return OneResult(
-            mdtrt_id=r["mdtrt_id"], psn_no=key[0], insutype=key[1], year=key[2],
-            status=r["status"], reason=r["reason"], policy_version=r["policy_version"],
-            amounts=amounts, flags=r["flags"],
-            acc_after={name: acc_row[name] for name in layout.ACC_COLS},
-            balance_after=amounts["balc"],
-            setldetail=self.setldetail(amounts, r["flags"], r["policy_version"]))
+            mdtrt_id=visit["mdtrt_id"], psn_no=visit["psn_no"], insutype=visit["insutype"], year=year,
+            status=_STATUS_NAMES[code], reason=reason, policy_version=label, amounts=amounts,
+            flags=int(flags[0]), acc_after=dict(zip(layout.ACC_COLS, acc_row[0].tolist())),
+            balance_after=int(bal[0]), setldetail=self.setldetail(amounts, int(flags[0]), label))
 
     def setldetail(self, amounts: dict, flags: int, version: str) -> list[SetlDetail]:
         """One row per fund that applies, with its rule and version in words."""
@@ -298,11 +309,7 @@ def fund_trace(code: str, a: dict, flags: int, version: str) -> str:
             + (" (capped)" if has(capped) else "") + f"; {left}")
 
 
-_PRECOMPUTED_NAMES = ["fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt",
-                      "inscp_essential_amt"]
-_VISIT_SCHEMA_FULL = pa.schema([pa.field(n, t) for n, t, _, _ in VISIT_FIELDS])
-
-
+_ZERO_SLOT = np.zeros(1, dtype=np.int32)
 def read_table(path) -> pa.Table:
     path = Path(path)
     if path.suffix.lower() == ".csv":

@@ -4,7 +4,7 @@
 class InputError(ValueError):
     """Input the kernel refuses; nothing is written and no accumulator is touched.
 
-    field: the column or message field; row: the visit row (0-based) or None; line: the line-item
+    field: the column or message field; row: the visit row (1-based) or None; line: the line-item
     number or None; rule: what the value breaks; value: the offending value (as given).
     """
 
