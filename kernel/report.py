@@ -168,8 +168,8 @@ def _charts(summary: pa.Table, hist: dict):
     plt.close(fig)
     labels = [f"{fen(lo)}+" for lo in GAIN_EDGES]
     fig, ax = plt.subplots(figsize=(8, 3.6))
-    ax.bar(np.arange(len(labels)) - 0.2, hist["owed"], 0.4, label="gain (owed, 补付)")
-    ax.bar(np.arange(len(labels)) + 0.2, hist["recovered"], 0.4, label="loss (recovered, 追回)")
+    ax.bar(np.arange(len(labels)) - 0.2, hist["owed"], 0.4, label="gain (owed)")
+    ax.bar(np.arange(len(labels)) + 0.2, hist["recovered"], 0.4, label="loss (recovered)")
     ax.set_xticks(np.arange(len(labels)), labels)
     ax.set_xlabel("yuan per person")
     ax.set_ylabel("persons")

@@ -1,0 +1,121 @@
+"""Re-settlement on Dask: the two passes of kernel.resettle as tasks on a cluster.
+
+Pass 1 maps over runs of input row groups (each task splits its rows by hash(psn_no) into
+partition files); pass 2 maps over partitions (each task settles one partition, old and new, with
+the Cython kernel via Settler.settle_table, and writes its output part). A person's visits are all in
+one partition in settlement-time order, so the results are those of the single-process run, file
+for file. Workers need the input, the packs and the output directory on a shared path (NFS, a
+mounted bucket); only small summaries travel through the scheduler.
+
+    from kernel.scaleout import resettle_dask
+    resettle_dask(plan, "out/resettle", "tcp://scheduler:8786")      # or "local", or a Client
+
+Needs the optional extra ``dask`` (dask[dataframe], distributed).
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from .errors import InputError
+from .resettle import (Plan, add_histograms, check_plan, chunks_of, combine_summaries, finish, n_partitions_for,
+                       partition_chunk, partition_lines, prepare_work, settle_part_files)
+
+
+def _carried(fn, *args):
+    """Run fn; an InputError comes back as its fields (it does not survive pickling as an exception)."""
+    try:
+        return {"ok": fn(*args)}
+    except InputError as e:
+        return {"error": (e.field, e.rule, e.value, e.row, e.line, e.mdtrt_id, e.source)}
+
+
+def _raise_carried(result):
+    if "error" in result:
+        field, rule, value, row, line, mdtrt_id, source = result["error"]
+        raise InputError(field, rule, value, row=row, line=line, mdtrt_id=mdtrt_id, source=source)
+    return result["ok"]
+
+
+def _pass1(plan, work, chunk, n_parts, index):
+    return _carried(partition_chunk, plan, work, chunk, n_parts, index)
+
+
+def _settle_and_clean(plan, work, part):
+    result = settle_part_files(plan, work, part)
+    shutil.rmtree(Path(work) / f"p{part:04d}", ignore_errors=True)
+    return result
+
+
+def _pass2(plan, work, part):
+    return _carried(_settle_and_clean, plan, work, part)
+
+
+def client_for(scheduler, n_workers=2, threads_per_worker=1, processes=True):
+    """(client, cluster or None): a Client given, an address, or "local" for a LocalCluster."""
+    from distributed import Client, LocalCluster
+    if isinstance(scheduler, Client):
+        return scheduler, None, False
+    if scheduler in (None, "local"):
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes,
+                               dashboard_address=None)
+        return Client(cluster), cluster, True
+    return Client(scheduler), None, True
+
+
+def resettle_dask(plan: Plan, out_dir, scheduler="local", n_workers=2, progress=None, report=None,
+                  processes=True):
+    """kernel.resettle.resettle with both passes run as Dask tasks; the same outputs."""
+    from distributed import as_completed
+    check_plan(plan)
+    plan.new.settler()                      # a bad pack fails here, before any task runs
+    if plan.old is not None:
+        plan.old.settler()
+    client, cluster, owned = client_for(scheduler, n_workers, processes=processes)
+    out, work = prepare_work(out_dir)
+    try:
+        n_rows = pq.ParquetFile(plan.visits).metadata.num_rows
+        if plan.old_results:
+            n_old = pq.ParquetFile(plan.old_results).metadata.num_rows
+            if n_old != n_rows:
+                raise InputError("mdtrt_id", f"the results file has {n_old} rows, the visits file {n_rows}",
+                                 None, source=str(plan.old_results))
+        n_parts = plan.n_partitions or n_partitions_for(n_rows, plan.partition_rows)
+        chunks = chunks_of(plan.visits, max(1, plan.partition_rows))
+        task = progress.add_task(f"split by person ({len(chunks)} tasks)", total=len(chunks)) if progress else None
+        futures = [client.submit(_pass1, plan, str(work), c, n_parts, k, pure=False) for k, c in enumerate(chunks)]
+        try:
+            for f in as_completed(futures):
+                _raise_carried(f.result())   # the first bad chunk raises its InputError here
+                if progress:
+                    progress.update(task, advance=1)
+        except BaseException:
+            client.cancel(futures)
+            raise
+        if plan.lines:
+            partition_lines(plan, str(work), n_parts)
+        task = progress.add_task(f"settle old and new, {n_parts} partitions", total=n_parts) if progress else None
+        futures = [client.submit(_pass2, plan, str(work), p, pure=False) for p in range(n_parts)]
+        results = {}
+        index = {f.key: p for p, f in enumerate(futures)}
+        try:
+            for f in as_completed(futures):
+                results[index[f.key]] = _raise_carried(f.result())
+                if progress:
+                    progress.update(task, advance=1)
+        except BaseException:
+            client.cancel(futures)
+            raise
+        summaries = [results[p][0] for p in range(n_parts)]
+        hists = [results[p][1] for p in range(n_parts)]
+        return finish(work, out, plan, combine_summaries(summaries), add_histograms(hists), n_rows, n_parts, report)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    finally:
+        if owned:
+            client.close()
+            if cluster is not None:
+                cluster.close()

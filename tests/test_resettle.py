@@ -1,0 +1,247 @@
+"""Re-settlement (SETTLEMENT.md section 6): example C end to end through the CLI, the delta
+identities on generated visits, and bad input files refused with nothing left behind.
+
+Expected figures are SETTLEMENT.md section 8's (example C: 119,636.80 + 10,000.00 = 129,636.80 owed).
+"""
+import datetime as dt
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from kernel.api import shipped_pack_path
+from kernel.cli import main
+from kernel.resettle import COMPARED, FUNDS, Plan, PolicySpec, load_policy, resettle, resettle_tables
+
+Y = 100
+DRAFT = str(shipped_pack_path("sample_rural_draft"))
+
+
+def c_visit(mdtrt_id, end, amount, psn_no="P3"):
+    return {"mdtrt_id": mdtrt_id, "psn_no": psn_no, "insutype": "rural", "medins_lv": "3", "med_type": "21",
+            "begndate": dt.date(*end) - dt.timedelta(days=10), "enddate": dt.date(*end),
+            "setl_time": dt.datetime(*end, 12, 0), "dise_codg": "C34.901",
+            "fulamt_ownpay_amt": 0, "overlmt_selfpay": 0, "preselfpay_amt": 0,
+            "inscp_scp_amt": amount * Y, "inscp_essential_amt": 0}
+
+
+def example_c():
+    return [c_visit("C1", (2013, 6, 10), 600_000), c_visit("C2", (2013, 7, 25), 20_000),
+            c_visit("C3", (2013, 8, 5), 20_000)]
+
+
+@pytest.fixture
+def c_file(tmp_path):
+    path = tmp_path / "c.parquet"
+    pq.write_table(pa.Table.from_pylist(example_c()), path)
+    return path
+
+
+def outputs(out):
+    visits = pq.read_table(out / "visits").to_pylist()
+    persons = pq.read_table(out / "persons").to_pylist()
+    return {r["mdtrt_id"]: r for r in visits}, {r["psn_no"]: r for r in persons}
+
+
+def assert_example_c(out):
+    visits, persons = outputs(out)
+    assert visits["C1"]["delta_fund_pay_sumamt"] == 119_636_80
+    assert visits["C1"]["delta_hifmi_pay"] == 119_636_80
+    assert visits["C1"]["old_hifmi_pay"] == 250_000 * Y
+    assert visits["C2"]["delta_hifmi_pay"] == 10_000 * Y
+    assert visits["C3"]["delta_fund_pay_sumamt"] == 0
+    assert {k: v["delta_hifp_pay"] for k, v in visits.items()} == {"C1": 0, "C2": 0, "C3": 0}
+    assert persons["P3"]["owed"] == 129_636_80
+    assert persons["P3"]["recovered"] == 0
+    summary = pq.read_table(out / "summary.parquet")
+    assert pc.sum(summary.column("delta_fund_pay_sumamt")).as_py() == 129_636_80
+
+
+def test_example_c_cli_under_the_august_version(c_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["resettle", str(c_file), "--new-version", "2013-aug", "--out", str(out),
+                 "--fund-income", "1000000", "--report", "none"]) == 0
+    assert_example_c(out)
+    printed = capsys.readouterr().out
+    assert "129,636.80" in printed
+    assert "warning" in printed     # 1,000,000 income against about 443,000 spent: surplus above 15%
+
+
+def test_example_c_cli_draft_pack(c_file, tmp_path):
+    """基金测算: the draft (cap removed from 1 January) costed before enactment."""
+    out = tmp_path / "out"
+    assert main(["resettle", str(c_file), "--new-pack", DRAFT, "--out", str(out)]) == 0
+    assert_example_c(out)
+    assert (out / "report.html").exists()
+    visits, _ = outputs(out)
+    assert visits["C1"]["new_version"].endswith("draft-2013-nocap")
+
+
+def test_example_c_cli_from_old_results_file(c_file, tmp_path):
+    results = tmp_path / "results.parquet"
+    assert main(["settle", str(c_file), "--out", str(results)]) == 0
+    out = tmp_path / "out"
+    assert main(["resettle", str(c_file), "--old-results", str(results), "--new-pack", DRAFT,
+                 "--out", str(out), "--report", "none"]) == 0
+    assert_example_c(out)
+
+
+def test_draft_pack_versions():
+    pack = load_policy(DRAFT)
+    (rural,) = pack.schemes
+    assert [v.id for v in rural.versions] == ["draft-2013-nocap"]
+    assert rural.versions[0].serious_illness.cap is None
+    assert rural.versions[0].effective_from == dt.date(2013, 1, 1)
+
+
+# --- identities on generated visits -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    from kernel.region import write_region
+    from kernel.api import Settler
+    s = Settler.from_files()
+    d = tmp_path_factory.mktemp("region")
+    write_region(s.pack, s.catalogue, d, n_visits=20_000, seed=5, amounts="precomputed", row_group_size=3_000)
+    return d / "visits.parquet"
+
+
+RAISED = """
+base = "{base}"
+name = "raised"
+[[schemes]]
+code = "rural"
+[[schemes.versions]]
+id = "raised"
+inherits = "2013-aug"
+effective_from = 2013-05-01
+[schemes.versions.med_types.21]
+ratio = {{ 1 = "97%", 2 = "88%", 3 = "70%" }}
+[schemes.versions.serious_illness]
+threshold = "5000"
+"""
+
+
+@pytest.fixture(scope="module")
+def raised(tmp_path_factory):
+    """A draft raising the inpatient ratios and lowering the serious-illness threshold from May."""
+    path = tmp_path_factory.mktemp("draft") / "raised.toml"
+    path.write_text(RAISED.format(base=shipped_pack_path("sample_rural")))
+    return str(path)
+
+
+def test_delta_identities(generated, raised, tmp_path):
+    plan = Plan(visits=str(generated), new=PolicySpec(raised), old=PolicySpec(), partition_rows=4_000)
+    outcome = resettle(plan, tmp_path / "out")
+    assert outcome.partitions == 5
+    v = pq.read_table(tmp_path / "out" / "visits")
+    assert v.num_rows == 20_000
+    assert sorted(v.column("row").to_pylist()) == list(range(1, 20_001))
+    a = {c: np.asarray(v.column(c)) for c in v.column_names if c.startswith(("old_", "new_", "delta_"))
+         and "version" not in c and "status" not in c}
+    for c in COMPARED:
+        assert (a[f"delta_{c}"] == a[f"new_{c}"] - a[f"old_{c}"]).all()
+    for side in ("old", "new", "delta"):
+        assert (sum(a[f"{side}_{f}"] for f in FUNDS) == a[f"{side}_fund_pay_sumamt"]).all()
+        assert (a[f"{side}_acct_pay"] + a[f"{side}_psn_cash_pay"] == a[f"{side}_psn_part_amt"]).all()
+    assert a["delta_hifp_pay"].sum() > 0 and a["delta_hifmi_pay"].sum() > 0
+    assert (a["delta_fund_pay_sumamt"][np.asarray(v.column("month")) < 201305] == 0).all()
+    persons = pq.read_table(tmp_path / "out" / "persons")
+    summary = pq.read_table(tmp_path / "out" / "summary.parquet")
+    for c in COMPARED:
+        total = int(a[f"delta_{c}"].sum())
+        assert pc.sum(persons.column(f"delta_{c}")).as_py() == total
+        assert pc.sum(summary.column(f"delta_{c}")).as_py() == total
+    # per person: the visits' deltas summed
+    by_psn = v.group_by("psn_no").aggregate([("delta_psn_part_amt", "sum")])
+    got = dict(zip(persons.column("psn_no").to_pylist(), persons.column("delta_psn_part_amt").to_pylist()))
+    assert dict(zip(by_psn.column("psn_no").to_pylist(), by_psn.column("delta_psn_part_amt_sum").to_pylist())) == got
+    owed = np.asarray(persons.column("owed")) - np.asarray(persons.column("recovered"))
+    assert (owed == -np.asarray(persons.column("delta_psn_part_amt"))).all()
+    assert pc.sum(summary.column("visits")).as_py() == 20_000
+    # the in-memory path gives the same per-visit deltas
+    table = pq.read_table(generated)
+    mem, *_ = resettle_tables(PolicySpec(raised), table, old=PolicySpec())
+    mem = mem.sort_by("row")
+    for c in COMPARED:
+        assert mem.column(f"delta_{c}").to_pylist() == v.sort_by("row").column(f"delta_{c}").to_pylist()
+
+
+def test_partition_count_does_not_change_results(generated, tmp_path):
+    runs = []
+    for k, parts in enumerate((1, 3)):
+        plan = Plan(visits=str(generated), new=PolicySpec(None, "2013-aug"), old=PolicySpec(), n_partitions=parts)
+        resettle(plan, tmp_path / f"o{k}")
+        runs.append(pq.read_table(tmp_path / f"o{k}" / "visits").sort_by("row"))
+    assert runs[0].equals(runs[1])
+
+
+# --- bad input files ----------------------------------------------------------------------------
+
+def refused(tmp_path, rows, capsys, field, row, edit=None):
+    table = pa.Table.from_pylist(rows)
+    if edit:
+        table = edit(table)
+    path = tmp_path / "bad.parquet"
+    pq.write_table(table, path, row_group_size=2)      # errors must carry the file's row, across row groups
+    out = tmp_path / "out"
+    assert main(["resettle", str(path), "--new-version", "2013-aug", "--out", str(out), "--partition-rows", "2"]) == 2
+    message = " ".join(capsys.readouterr().err.split())
+    assert f"{field}:" in message, message
+    if row is not None:
+        assert f"row {row}," in message or f"row {row}:" in message, message
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["bad.parquet"]      # no partial output left behind
+    return message
+
+
+def many():
+    return [c_visit(f"V{k}", (2013, 3, 1 + k), 1_000 + k, psn_no=f"P{k % 3}") for k in range(7)]
+
+
+def test_refuses_missing_column(tmp_path, capsys):
+    refused(tmp_path, many(), capsys, "medins_lv", None, edit=lambda t: t.drop(["medins_lv"]))
+
+
+def test_refuses_wrong_type(tmp_path, capsys):
+    rows = many()
+    for r in rows:
+        r["inscp_scp_amt"] = str(r["inscp_scp_amt"])
+    rows[4]["inscp_scp_amt"] = "12,5"
+    refused(tmp_path, rows, capsys, "inscp_scp_amt", 5)
+
+
+def test_refuses_negative_amount(tmp_path, capsys):
+    rows = many()
+    rows[5]["preselfpay_amt"] = -100
+    refused(tmp_path, rows, capsys, "preselfpay_amt", 6)
+
+
+def test_refuses_unsorted_visits(tmp_path, capsys):
+    rows = many()
+    rows[6]["setl_time"] = dt.datetime(2013, 1, 5, 9)       # P0's visit before that person's earlier rows
+    rows[6]["enddate"] = dt.date(2013, 1, 5)
+    rows[6]["begndate"] = dt.date(2013, 1, 1)
+    refused(tmp_path, rows, capsys, "setl_time", 7)
+
+
+def test_refuses_duplicated_visit(tmp_path, capsys):
+    rows = many()
+    rows.append(dict(rows[3], setl_time=dt.datetime(2013, 12, 1, 9)))
+    refused(tmp_path, rows, capsys, "mdtrt_id", 8)
+
+
+def test_refuses_results_file_of_other_visits(c_file, tmp_path, capsys):
+    results = tmp_path / "results.parquet"
+    assert main(["settle", str(c_file), "--out", str(results)]) == 0
+    t = pq.read_table(results)
+    pq.write_table(t.set_column(0, "mdtrt_id", pa.array(["C1", "C3", "C2"])), results)
+    out = tmp_path / "out"
+    assert main(["resettle", str(c_file), "--old-results", str(results), "--new-version", "2013-aug",
+                 "--out", str(out)]) == 2
+    msg = " ".join(capsys.readouterr().err.split())
+    assert "mdtrt_id:" in msg and "row 2:" in msg
+    assert not out.exists()
