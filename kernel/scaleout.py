@@ -53,6 +53,14 @@ def _pass2(plan, work, part):
     return _carried(_settle_and_clean, plan, work, part)
 
 
+def _all_done(futures, progress, task):
+    """Wait for every task (none may still write into the work directory when it is removed)."""
+    from distributed import as_completed
+    for _ in as_completed(futures):
+        if progress:
+            progress.update(task, advance=1)
+
+
 def client_for(scheduler, n_workers=2, threads_per_worker=1, processes=True):
     """(client, cluster or None): a Client given, an address, or "local" for a LocalCluster."""
     from distributed import Client, LocalCluster
@@ -68,7 +76,6 @@ def client_for(scheduler, n_workers=2, threads_per_worker=1, processes=True):
 def resettle_dask(plan: Plan, out_dir, scheduler="local", n_workers=2, progress=None, report=None,
                   processes=True):
     """kernel.resettle.resettle with both passes run as Dask tasks; the same outputs."""
-    from distributed import as_completed
     check_plan(plan)
     plan.new.settler()                      # a bad pack fails here, before any task runs
     if plan.old is not None:
@@ -86,28 +93,15 @@ def resettle_dask(plan: Plan, out_dir, scheduler="local", n_workers=2, progress=
         chunks = chunks_of(plan.visits, max(1, plan.partition_rows))
         task = progress.add_task(f"split by person ({len(chunks)} tasks)", total=len(chunks)) if progress else None
         futures = [client.submit(_pass1, plan, str(work), c, n_parts, k, pure=False) for k, c in enumerate(chunks)]
-        try:
-            for f in as_completed(futures):
-                _raise_carried(f.result())   # the first bad chunk raises its InputError here
-                if progress:
-                    progress.update(task, advance=1)
-        except BaseException:
-            client.cancel(futures)
-            raise
+        _all_done(futures, progress, task)
+        for f in futures:               # the first bad chunk in file order: the single-process error
+            _raise_carried(f.result())
         if plan.lines:
             partition_lines(plan, str(work), n_parts)
         task = progress.add_task(f"settle old and new, {n_parts} partitions", total=n_parts) if progress else None
         futures = [client.submit(_pass2, plan, str(work), p, pure=False) for p in range(n_parts)]
-        results = {}
-        index = {f.key: p for p, f in enumerate(futures)}
-        try:
-            for f in as_completed(futures):
-                results[index[f.key]] = _raise_carried(f.result())
-                if progress:
-                    progress.update(task, advance=1)
-        except BaseException:
-            client.cancel(futures)
-            raise
+        _all_done(futures, progress, task)
+        results = {p: _raise_carried(f.result()) for p, f in enumerate(futures)}
         summaries = [results[p][0] for p in range(n_parts)]
         hists = [results[p][1] for p in range(n_parts)]
         return finish(work, out, plan, combine_summaries(summaries), add_histograms(hists), n_rows, n_parts, report)
