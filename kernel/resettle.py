@@ -470,7 +470,8 @@ def settle_partition(plan: Plan, visits: pa.Table, lines: pa.Table | None = None
         cols[f"new_{c}"] = pa.array(w)
         cols[f"delta_{c}"] = pa.array(w - o)
     per_visit = pa.table(cols)
-    return per_visit, person_totals(per_visit), summary_partial(per_visit), gain_histogram_of(per_visit)
+    persons = person_totals(per_visit)
+    return per_visit, persons, summary_partial(per_visit), gain_histogram(persons)
 
 
 def person_totals(per_visit: pa.Table) -> pa.Table:
@@ -528,9 +529,8 @@ def combine_summaries(parts: list) -> pa.Table:
     return g.select(KEYS + values).sort_by([(k, "ascending") for k in KEYS])
 
 
-def gain_histogram_of(per_visit: pa.Table) -> dict:
-    """Persons by net gain (owed) and by net loss (recovered), bucketed by GAIN_EDGES."""
-    p = person_totals(per_visit)
+def gain_histogram(p: pa.Table) -> dict:
+    """Persons (person_totals) by net gain (owed) and by net loss (recovered), bucketed by GAIN_EDGES."""
     return {"owed": np.histogram(np.asarray(p.column("owed")), bins=GAIN_EDGES + [2**62])[0].tolist(),
             "recovered": np.histogram(np.asarray(p.column("recovered")), bins=GAIN_EDGES + [2**62])[0].tolist(),
             "persons": p.num_rows,
