@@ -61,6 +61,9 @@ def add_subcommands(subparsers) -> None:
     call.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
     call.set_defaults(func=run_call)
 
+    from . import loadtest          # `medsettle loadtest`: server/loadtest.py
+    loadtest.add_subcommands(subparsers)
+
 
 def run_serve(args) -> int:
     from .security import SecurityConfig, load_tokens
