@@ -186,6 +186,7 @@ class LoadRun:
         self.unknown_settles: list[tuple[str, dict]] = [] # (request_id, visit) with an unknown outcome
         self.unknown_reversals: list[str] = []            # request ids
         self.mismatched_reads = 0                         # GetSettlement differing from the ack
+        self.unresolved = 0                               # unknown outcomes the server could not tell
         self.next_visit = 0
         self.sequence = 0                                 # request ids
         self.issued = 0
@@ -367,26 +368,39 @@ class LoadRun:
     async def _resolve(self, stub) -> dict:
         """Learn the outcome of every call the client could not know: committed or not."""
         grpc, pb = self.grpc, self.pb
-        committed = not_committed = reversed_ = 0
-        for request_id, visit in self.unknown_settles:
-            try:
-                reply = await self._call(stub.GetSettlement, pb.GetSettlementRequest(request_id=request_id))
-            except grpc.RpcError as err:
-                if err.code() != grpc.StatusCode.NOT_FOUND:
-                    raise
-                not_committed += 1
-                continue
-            committed += 1
-            self._ack(request_id, visit, reply.settlement)
-            self.acked[request_id].reversed = reply.settlement.reversed
-        for request_id in self.unknown_reversals:
-            acked = self.acked[request_id]
-            reply = await self._call(stub.GetSettlement, pb.GetSettlementRequest(setl_id=acked.setl_id))
-            acked.reversed = reply.settlement.reversed
-            reversed_ += acked.reversed
-        return {"settles_unknown": len(self.unknown_settles), "found_committed": committed,
-                "found_not_committed": not_committed, "reversals_unknown": len(self.unknown_reversals),
-                "found_reversed": reversed_}
+        counts = Counter()
+        window = asyncio.Semaphore(32)
+
+        async def lookup(request):
+            async with window:
+                try:
+                    return await self._call(stub.GetSettlement, request)
+                except grpc.RpcError as err:
+                    return err.code()
+
+        settles = await asyncio.gather(*(lookup(pb.GetSettlementRequest(request_id=r))
+                                         for r, _ in self.unknown_settles))
+        for (request_id, visit), reply in zip(self.unknown_settles, settles):
+            if reply == grpc.StatusCode.NOT_FOUND:
+                counts["found_not_committed"] += 1
+            elif isinstance(reply, grpc.StatusCode):
+                counts["unresolved"] += 1
+            else:
+                counts["found_committed"] += 1
+                self._ack(request_id, visit, reply.settlement)
+                self.acked[request_id].reversed = reply.settlement.reversed
+        reversals = await asyncio.gather(*(lookup(pb.GetSettlementRequest(setl_id=self.acked[r].setl_id))
+                                           for r in self.unknown_reversals))
+        for request_id, reply in zip(self.unknown_reversals, reversals):
+            if isinstance(reply, grpc.StatusCode):
+                counts["unresolved"] += 1
+            else:
+                self.acked[request_id].reversed = reply.settlement.reversed
+                counts["found_reversed"] += reply.settlement.reversed
+        self.unresolved = counts["unresolved"]
+        return {"settles_unknown": len(self.unknown_settles), "reversals_unknown": len(self.unknown_reversals),
+                **{k: counts[k] for k in ("found_committed", "found_not_committed", "found_reversed",
+                                          "unresolved")}}
 
     async def _check_ledger(self, stub) -> dict:
         """Every touched person's accumulators against the sums of the acknowledged settlements."""
@@ -430,9 +444,15 @@ class LoadRun:
                     mismatches.append({"psn_no": psn, "field": "acct_balc", "expected": want,
                                        "ledger": reply.acct_balc})
 
-        await asyncio.gather(*(check(p) for p in persons))
+        try:
+            await asyncio.gather(*(check(p) for p in persons))
+        except self.grpc.RpcError as err:
+            return {"ok": False, "error": f"GetAccumulators failed: {err.code().name}",
+                    "persons": len(persons), "mismatch_count": None, "settlements_live": None,
+                    "settlements_reversed": None}
         live = [a for a in self.acked.values() if not a.reversed]
-        return {"ok": not mismatches and self.mismatched_reads == 0, "persons": len(persons),
+        return {"ok": not mismatches and self.mismatched_reads == 0 and not self.unresolved,
+                "unresolved_outcomes": self.unresolved, "persons": len(persons),
                 "rows": len(expected), "settlements_acknowledged": len(self.acked),
                 "settlements_reversed": len(self.acked) - len(live), "settlements_live": len(live),
                 "fund_paid_live_fen": sum(a.amounts["hifp_pay"] + a.amounts["hifob_pay"] + a.amounts["hifmi_pay"]
@@ -534,7 +554,9 @@ def summary(report: dict) -> str:
         l = r["latency"] or {}
         lines.append(f"  {op:9s} {r['sent']:>8,} sent, {r['ok']:>8,} ok, p50 {l.get('p50_ms')} ms, "
                      f"p99 {l.get('p99_ms')} ms, errors {r['errors'] or '-'}")
-    if led is not None:
+    if led is not None and "error" in led:
+        lines.append(f"ledger check: FAILED: {led['error']}")
+    elif led is not None:
         lines.append(f"ledger check: {'OK' if led['ok'] else 'FAILED'}: {led['persons']:,} persons, "
                      f"{led['settlements_live']:,} live settlements ({led['settlements_reversed']:,} reversed), "
                      f"{led['mismatch_count']} mismatches")
