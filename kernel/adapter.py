@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .compile import NO_DATE, age_in_years, as_days
 from .errors import InputError
 from .layout import ITEM_COLS
 from .schema import LINE_FIELDS, PRECOMPUTED_FIELDS, VISIT_FIELDS
@@ -22,6 +23,7 @@ MAX_MONEY = 10**12
 MAX_COUNT = 10**9
 
 _I = {name: i for i, name in enumerate(ITEM_COLS)}
+_GOVERNING_FIELD = {"admission": "begndate", "discharge": "enddate", "settlement": "setl_time"}
 N_ITEM = len(ITEM_COLS)
 
 
@@ -105,46 +107,18 @@ def _check_money_one(v, name, source, row=None, line=None):
         raise InputError(name, _money_rule(v), int(v), row=row, line=line, source=source)
 
 
-def _map_codes(col, mapping: dict, name, source, default=None):
-    """A string column through a code -> int mapping, over its distinct values; unknown -> InputError."""
-    if col is None:
-        return None
-    enc = col.fill_null(default) if default is not None else col
-    enc = enc.dictionary_encode()
-    values = enc.dictionary.to_pylist()
-    table = np.empty(len(values), dtype=np.int64)
-    for k, v in enumerate(values):
-        if v not in mapping:
-            row = int(np.flatnonzero(np.asarray(enc.indices) == k)[0]) + 1
-            raise InputError(name, f"unknown code (known: {', '.join(map(str, mapping))})", v,
-                             row=row, source=source)
-        table[k] = mapping[v]
-    return table[np.asarray(enc.indices)]
-
-
-def _days(col):
-    """date32 / timestamp column -> int32 days since 1970-01-01."""
-    if pa.types.is_timestamp(col.type):
-        col = col.cast(pa.timestamp("s")).cast(pa.int64())
-        return (np.asarray(col) // 86400).astype(np.int32)
-    return np.asarray(col.cast(pa.int32()), dtype=np.int32)
+def _known(index, col, name, mapping, source):
+    """index (from the compiled pack's lookups, -1 = unknown) or InputError at the first unknown."""
+    bad = np.flatnonzero(index < 0)
+    if bad.size:
+        i = int(bad[0])
+        raise InputError(name, f"unknown code (known: {', '.join(map(str, mapping))})", col[i].as_py(),
+                         row=i + 1, source=source)
+    return index.astype(np.int64)
 
 
 def _year_of(days):
     return days.astype("datetime64[D]").astype("datetime64[Y]").astype(np.int32) + 1970
-
-
-def _age(birth_days, at_days):
-    """Whole years between two int32 day arrays (a birthday counts on its day)."""
-    def ymd(days):
-        d = days.astype("datetime64[D]")
-        months = d.astype("datetime64[M]")
-        return (d.astype("datetime64[Y]").astype(np.int64), months.astype(np.int64) % 12,
-                (d - months.astype("datetime64[D]")).astype(np.int64))
-    by, bm, bd = ymd(birth_days)
-    ay, am, ad = ymd(at_days)
-    before_birthday = (am < bm) | ((am == bm) & (ad < bd))
-    return (ay - by - before_birthday).astype(np.int32)
 
 
 # --- visits ---------------------------------------------------------------------------------------
@@ -165,22 +139,30 @@ def prepare(compiled, catalogue, visits: pa.Table, lines: pa.Table | None, sourc
         raise InputError("mdtrt_id", "duplicate visit id", dup.as_py() if hasattr(dup, "as_py") else dup,
                          row=row, source=source)
 
-    scheme = _map_codes(col["insutype"], compiled.scheme_index, "insutype", source)
-    med_type = _map_codes(col["med_type"], compiled.med_type_index, "med_type", source)
-    level = _map_codes(col["medins_lv"], compiled.level_index, "medins_lv", source)
-    cause = _map_codes(col["inj_cause"], compiled.cause_index, "inj_cause", source, default="none")
-    if cause is None:
+    scheme = _known(compiled.scheme_of(col["insutype"]), col["insutype"], "insutype", compiled.scheme_index, source)
+    med_type = _known(compiled.med_type_of(col["med_type"]), col["med_type"], "med_type",
+                      compiled.med_type_index, source)
+    level = _known(compiled.level_of(col["medins_lv"]), col["medins_lv"], "medins_lv", compiled.level_index, source)
+    if col["inj_cause"] is None:
         cause = np.full(n, compiled.cause_index["none"], dtype=np.int64)
-    cats = _category_masks(col["psn_cats"], compiled.category_bit, source, n)
+    else:
+        cause = _known(compiled.cause_of(col["inj_cause"]), col["inj_cause"], "inj_cause", compiled.cause_index,
+                       source)
+    cats = np.zeros(n, dtype=np.int16) if col["psn_cats"] is None else compiled.category_mask(col["psn_cats"])
+    bad = np.flatnonzero(cats < 0)
+    if bad.size:
+        i = int(bad[0])
+        name = next(t.strip() for t in col["psn_cats"][i].as_py().split(",")
+                    if t.strip() and t.strip() not in compiled.category_bit)
+        raise InputError("psn_cats", f"unknown person category (known: {', '.join(compiled.category_bit)})",
+                         name, row=i + 1, source=source)
 
     # governing date per scheme (admission, discharge or settlement), then the version in force
-    end = _days(col["enddate"])
-    begin = end if col["begndate"] is None else np.where(
-        np.asarray(col["begndate"].is_null()), end, _days(col["begndate"].fill_null(0)))
-    setl = _days(col["setl_time"])
-    kinds = np.array([{"admission": 0, "discharge": 1, "settlement": 2}[s.governing_date]
-                      for s in pack.schemes], dtype=np.int8)[scheme]
-    gov = np.choose(kinds, [begin, end, setl]).astype(np.int32)
+    end = as_days(col["enddate"])
+    begin = end if col["begndate"] is None else as_days(col["begndate"])
+    begin = np.where(begin == NO_DATE, end, begin)
+    setl = as_days(col["setl_time"])
+    gov = compiled.governing_days(scheme, begin, end, setl)
     bad = np.flatnonzero(begin > end)
     if bad.size:
         i = int(bad[0])
@@ -190,15 +172,12 @@ def prepare(compiled, catalogue, visits: pa.Table, lines: pa.Table | None, sourc
     bad = np.flatnonzero(version < 0)
     if bad.size:
         i = int(bad[0])
-        raise InputError("enddate" if kinds[i] == 1 else ("begndate" if kinds[i] == 0 else "setl_time"),
+        kind = compiled.scheme_governing_date[scheme[i]]
+        raise InputError(_GOVERNING_FIELD[kind],
                          f"no policy version of scheme {pack.schemes[scheme[i]].code} in force on this date",
                          str(np.datetime64(int(gov[i]), "D")), row=i + 1, source=source)
 
-    if col["brdy"] is not None:
-        has_birth = ~np.asarray(col["brdy"].is_null())
-        age = np.where(has_birth, _age(_days(col["brdy"].fill_null(0)), gov), -1).astype(np.int32)
-    else:
-        age = np.full(n, -1, dtype=np.int32)
+    age = np.full(n, -1, np.int16) if col["brdy"] is None else age_in_years(col["brdy"], gov)
     diag = col["dise_codg"] if col["dise_codg"] is not None else pa.nulls(n, pa.string())
     group = compiled.resolve_groups(diag, age).astype(np.int16)
     rule = compiled.rule_index(version, med_type, level).astype(np.int32)
@@ -262,21 +241,6 @@ def prepare(compiled, catalogue, visits: pa.Table, lines: pa.Table | None, sourc
         acct_used=take(acct_used).astype(np.int8), acc_slot=take(acc_slot).astype(np.int32),
         psn_slot=take(psn_idx).astype(np.int32), balance=balance, slot_keys=slot_keys,
         psn_keys=psn_names, version=take(version), year=take(year))
-
-
-def _category_masks(col, bits: dict, source, n):
-    if col is None:
-        return np.zeros(n, dtype=np.int16)
-    enc = col.fill_null("").dictionary_encode()
-    table = np.zeros(len(enc.dictionary), dtype=np.int16)
-    for k, text in enumerate(enc.dictionary.to_pylist()):
-        for name in filter(None, (t.strip() for t in text.split(","))):
-            if name not in bits:
-                row = int(np.flatnonzero(np.asarray(enc.indices) == k)[0]) + 1
-                raise InputError("psn_cats", f"unknown person category (known: {', '.join(bits)})", name,
-                                 row=row, source=source)
-            table[k] |= 1 << bits[name]
-    return table[np.asarray(enc.indices)]
 
 
 def _precomputed(visits, n, source):
@@ -443,8 +407,7 @@ class OneVisitAdapter:
         scheme = self._code(strings["insutype"], cp.scheme_index, "insutype", source)
         med_type = self._code(strings["med_type"], cp.med_type_index, "med_type", source)
         level = self._code(strings["medins_lv"], cp.level_index, "medins_lv", source)
-        cause = self._code(strings["inj_cause"] if strings["inj_cause"] is not None else "none",
-                           cp.cause_index, "inj_cause", source)
+        cause = self._code(strings["inj_cause"] or "none", cp.cause_index, "inj_cause", source)
         cats = 0
         for name in filter(None, (t.strip() for t in (strings["psn_cats"] or "").split(","))):
             if name not in cp.category_bit:
@@ -461,12 +424,12 @@ class OneVisitAdapter:
                              row=1, source=source)
         version = next((vi for lo, hi, vi in self.spans.get(scheme, ()) if lo <= gov <= hi), -1)
         if version < 0:
-            raise InputError({"admission": "begndate", "discharge": "enddate", "settlement": "setl_time"}[kind],
+            raise InputError(_GOVERNING_FIELD[kind],
                              f"no policy version of scheme {pack.schemes[scheme].code} in force on this date",
                              str(np.datetime64(gov, "D")), row=1, source=source)
         age = -1
         if dates["brdy"] is not None:
-            age = int(_age(np.array([dates["brdy"][0]], np.int32), np.array([gov], np.int32))[0])
+            age = int(age_in_years(np.array([dates["brdy"][0]]), np.array([gov]))[0])
         diag = strings["dise_codg"]
         group = self.groups.get((diag, age))
         if group is None:

@@ -30,7 +30,7 @@ D = {name: i for i, name in enumerate(DISEASE_COLS)}
 N_RULE, N_DIS = len(RULE_COLS), len(DISEASE_COLS)
 
 _EPOCH = datetime.date(1970, 1, 1)
-_NO_DATE = np.iinfo(np.int64).min          # a missing date: no version is in force
+NO_DATE = np.iinfo(np.int64).min          # a missing date: no version is in force
 _OPEN_END = np.iinfo(np.int64).max         # effective_to absent
 
 
@@ -397,7 +397,7 @@ class CompiledPack:
         admission, discharge or settlement date); missing where the chosen date is missing."""
         scheme = np.asarray(scheme_idx).astype(np.int64, copy=False)
         by_kind = {"admission": admission, "discharge": discharge, "settlement": settlement}
-        out = np.full(scheme.shape, _NO_DATE, np.int64)
+        out = np.full(scheme.shape, NO_DATE, np.int64)
         cache = {}
         for si in np.unique(scheme):
             if si < 0 or si >= len(self.scheme_governing_date):
@@ -446,12 +446,12 @@ def as_days(dates) -> np.ndarray:
             dates = pc.cast(dates, pa.date32())
         if pa.types.is_date32(dates.type):
             dates = dates.cast(pa.int32())
-        return dates.cast(pa.int64()).fill_null(_NO_DATE).to_numpy(zero_copy_only=False)
+        return dates.cast(pa.int64()).fill_null(NO_DATE).to_numpy(zero_copy_only=False)
     arr = np.asarray(dates)
     if np.issubdtype(arr.dtype, np.datetime64):
         days = arr.astype("datetime64[D]")
         out = days.astype(np.int64)
-        out[np.isnat(days)] = _NO_DATE
+        out[np.isnat(days)] = NO_DATE
         return out
     return arr.astype(np.int64)
 
@@ -459,7 +459,7 @@ def as_days(dates) -> np.ndarray:
 def age_in_years(birth, on) -> np.ndarray:
     """int16 whole years from birth to the date ``on`` (both as for as_days); -1 if either is missing."""
     b, d = as_days(birth), as_days(on)
-    missing = (b == _NO_DATE) | (d == _NO_DATE)
+    missing = (b == NO_DATE) | (d == NO_DATE)
     b = np.where(missing, 0, b).astype("datetime64[D]")
     d = np.where(missing, 0, d).astype("datetime64[D]")
     by, dy = b.astype("datetime64[Y]"), d.astype("datetime64[Y]")
