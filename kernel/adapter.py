@@ -43,8 +43,10 @@ class Prepared:
     acc_slot: np.ndarray         # int32
     psn_slot: np.ndarray         # int32
     balance: np.ndarray          # int64 per person slot: the opening balance
-    slot_keys: list              # acc slot -> (psn_no, insutype, year)
-    psn_keys: list               # psn slot -> psn_no
+    psn_names: pa.Array          # psn slot -> psn_no
+    slot_psn: np.ndarray         # acc slot -> psn slot
+    slot_scheme: np.ndarray      # acc slot -> scheme index
+    slot_year: np.ndarray        # acc slot -> calendar year
     version: np.ndarray          # int32 compiled version per visit
     year: np.ndarray             # int32 accumulator year per visit
 
@@ -132,7 +134,7 @@ def prepare(compiled, catalogue, visits: pa.Table, lines: pa.Table | None, sourc
     pack = compiled.pack
 
     ids = col["mdtrt_id"]
-    if pc.count_distinct(ids).as_py() != n:
+    if len(pc.unique(ids)) != n:
         counts = pc.value_counts(ids)
         dup = next(v["values"] for v in counts.to_pylist() if v["counts"] > 1)
         row = int(np.flatnonzero(np.asarray(pc.equal(ids, dup)))[1]) + 1
@@ -220,12 +222,10 @@ def prepare(compiled, catalogue, visits: pa.Table, lines: pa.Table | None, sourc
     setl_sec = np.asarray(col["setl_time"].cast(pa.timestamp("s")).cast(pa.int64()))
     order = np.lexsort((np.arange(n), setl_sec, psn_idx))
     year = _year_of(gov)
-    key = (psn_idx * len(compiled.scheme_index) + scheme) * 10000 + year
+    n_schemes = len(compiled.scheme_index)
+    key = (psn_idx * n_schemes + scheme) * 10000 + year
     slot_of_key, acc_slot = np.unique(key, return_inverse=True)
-    psn_names = psn.dictionary.to_pylist()
-    slot_keys = [(psn_names[k // 10000 // len(compiled.scheme_index)],
-                  pack.schemes[(k // 10000) % len(compiled.scheme_index)].code, int(k % 10000))
-                 for k in slot_of_key.tolist()]
+    psn_names = psn.dictionary
     # opening balance of a person: acct_balc on their first visit in processing order
     first = np.full(len(psn_names), -1, dtype=np.int64)
     first[psn_idx[order[::-1]]] = order[::-1]
@@ -239,8 +239,9 @@ def prepare(compiled, catalogue, visits: pa.Table, lines: pa.Table | None, sourc
         cats=take(cats), cause=take(cause).astype(np.int8), out_area=take(out_area),
         referral=take(referral).astype(np.int8), bed_days=take(bed_days).astype(np.int32),
         acct_used=take(acct_used).astype(np.int8), acc_slot=take(acc_slot).astype(np.int32),
-        psn_slot=take(psn_idx).astype(np.int32), balance=balance, slot_keys=slot_keys,
-        psn_keys=psn_names, version=take(version), year=take(year))
+        psn_slot=take(psn_idx).astype(np.int32), balance=balance, psn_names=psn_names,
+        slot_psn=slot_of_key // 10000 // n_schemes, slot_scheme=(slot_of_key // 10000) % n_schemes,
+        slot_year=(slot_of_key % 10000).astype(np.int32), version=take(version), year=take(year))
 
 
 def _precomputed(visits, n, source):

@@ -79,10 +79,11 @@ def shipped_catalogue_path() -> Path:
 
 @dataclass
 class BatchResult:
-    """Results in input order, and each (person, scheme, year)'s accumulators after the batch."""
+    """Results in input order, each (person, scheme, year)'s accumulators and each person's account
+    balance after the batch."""
     table: pa.Table
     accumulators: pa.Table
-    balances: dict
+    balances: pa.Table
 
 
 def fen(v: int) -> str:
@@ -126,11 +127,13 @@ class Settler:
         from ._chain import settle
 
         prep = prepare(self.compiled, self.catalogue, visits, lines, source, line_source)
-        acc = np.zeros((len(prep.slot_keys), len(layout.ACC_COLS)),
-                       dtype=np.int64)
+        acc = np.zeros((len(prep.slot_psn), len(layout.ACC_COLS)), dtype=np.int64)
         if opening_acc:
-            for slot, key in enumerate(prep.slot_keys):
-                row = opening_acc.get(key)
+            names = prep.psn_names.to_pylist()
+            schemes = [s.code for s in self.pack.schemes]
+            for slot, (p, s, y) in enumerate(zip(prep.slot_psn.tolist(), prep.slot_scheme.tolist(),
+                                                 prep.slot_year.tolist())):
+                row = opening_acc.get((names[p], schemes[s], y))
                 if row:
                     acc[slot] = [int(row.get(name, 0)) for name in layout.ACC_COLS]
         n = visits.num_rows
@@ -143,7 +146,8 @@ class Settler:
                prep.cats, prep.cause, prep.out_area, prep.referral, prep.bed_days, prep.acct_used,
                prep.acc_slot, prep.psn_slot, acc, balance, _MODES[mode], out, status, flags)
         return BatchResult(self._result_table(visits, prep, out, status, flags),
-                           self._acc_table(prep, acc), dict(zip(prep.psn_keys, balance.tolist())))
+                           self._acc_table(prep, acc),
+                           pa.table({"psn_no": prep.psn_names, "balc": pa.array(balance)}))
 
     def _result_table(self, visits, prep, out, status, flags) -> pa.Table:
         n = visits.num_rows
@@ -173,12 +177,11 @@ class Settler:
             pa.array(prep.version[inverse]), pa.array(self._labels))
         return pa.table(cols)
 
-    @staticmethod
-    def _acc_table(prep, acc) -> pa.Table:
-        keys = prep.slot_keys
-        cols = {"psn_no": pa.array([k[0] for k in keys], pa.string()),
-                "insutype": pa.array([k[1] for k in keys], pa.string()),
-                "year": pa.array([k[2] for k in keys], pa.int32())}
+    def _acc_table(self, prep, acc) -> pa.Table:
+        schemes = pa.array([s.code for s in self.pack.schemes], pa.string())
+        cols = {"psn_no": prep.psn_names.take(pa.array(prep.slot_psn)),
+                "insutype": schemes.take(pa.array(prep.slot_scheme)),
+                "year": pa.array(prep.slot_year, pa.int32())}
         for k, name in enumerate(layout.ACC_COLS):
             cols[name] = pa.array(acc[:, k])
         return pa.table(cols)
