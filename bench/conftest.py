@@ -26,11 +26,16 @@ def pytest_terminal_summary(terminalreporter):
         return
     tr = terminalreporter
     tr.section("medsettle kernel speed (ratios measured in this run)")
-    tr.write_line(f"{'case':<28}{'items/s':>14}{'limit items/s':>16}{'kernel/limit':>14}{'target':>12}")
+    tr.write_line(f"{'case':<40}{'items/s':>14}{'limit items/s':>16}{'vs limit/base':>14}{'target':>12}")
+    base = next((r["rate"] for name, r in RESULTS.items() if name.startswith("layers: base")), None)
     for name, r in RESULTS.items():
-        if "rate" in r and "limit_rate" in r:
-            tr.write_line(f"{name:<28}{r['rate']:>14,.0f}{r['limit_rate']:>16,.0f}"
+        if "limit_rate" in r:
+            tr.write_line(f"{name:<40}{r['rate']:>14,.0f}{r['limit_rate']:>16,.0f}"
                           f"{r['rate'] / r['limit_rate']:>14.2f}{r.get('target', 0):>12,.0f}")
+        elif base:
+            cost = 1e9 / r["rate"] - 1e9 / base
+            tr.write_line(f"{name:<40}{r['rate']:>14,.0f}{'':>16}{f'{cost:+.1f} ns/visit':>14}"
+                          f"{r.get('target', 0):>12,.0f}")
     out = Path("out")
     out.mkdir(exist_ok=True)
     facts = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
