@@ -175,9 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("packs", nargs="+")
     chk.set_defaults(func=cmd_policy_check)
 
-    # commands of other parts register themselves: re-settlement (kernel.resettle), the server (server.cli)
+    # commands of other parts register themselves: re-settlement, the server and client, the demo
     import importlib
-    for module in ("kernel.resettle", "server.cli"):
+    for module in ("kernel.resettle", "server.cli", "server.demo"):
         try:
             plugin = importlib.import_module(module)
         except ImportError as e:
