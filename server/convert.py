@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-import msgspec
 import pyarrow as pa
 
 from kernel.api import OneResult
@@ -28,15 +27,6 @@ _LINE_REQUIRED_STR = [name for name, typ, required, _ in LINE_FIELDS
                       if required and typ == pa.string() and name != "mdtrt_id"]
 ACC_WIRE = [name[2:].lower() for name in ACC_COLS]     # A_DED_PAID -> ded_paid
 
-
-class StoredResult(msgspec.Struct, array_like=True):
-    """What the journal keeps of a settlement: the kernel's result and the settlement time."""
-    setl_time: str
-    one: OneResult
-
-
-_encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder(StoredResult).decode
 
 
 def visit_from_pb(msg: pb.Visit) -> dict:
@@ -99,12 +89,18 @@ def request_to_kernel(req: pb.SettleRequest) -> tuple[dict, list[dict] | None]:
     return visit, lines
 
 
-def encode_stored(one: OneResult, setl_time: str) -> bytes:
-    return _encode(StoredResult(setl_time, one))
+def encode_stored(result: pb.SettlementResult) -> bytes:
+    """What the journal keeps of a settlement: the reply's SettlementResult without its setl_id
+    (assigned by the commit), so a replay answers exactly what the first call answered."""
+    return result.SerializeToString()
 
 
-def decode_stored(blob: bytes) -> StoredResult:
-    return _decode(blob)
+def decode_stored(blob: bytes, setl_id: int, reversal_id: int | None) -> pb.SettlementResult:
+    result = pb.SettlementResult.FromString(blob)
+    result.setl_id = str(setl_id)
+    if reversal_id is not None:
+        result.reversed, result.reversal_id = True, str(reversal_id)
+    return result
 
 
 def result_to_pb(one: OneResult, *, setl_id="", request_id="", institution="", setl_time="",

@@ -6,7 +6,14 @@ kernel computed and adds the per-visit accumulator deltas (SETTLEMENT.md section
 
 Durability: every commit is fsync'd (WAL, synchronous=FULL) before its future resolves, and a
 single writer thread commits whatever requests are waiting in one transaction (group commit), so
-concurrent settlements share one fsync.
+concurrent settlements share one fsync. A second thread checkpoints the WAL into the database in
+small steps beside the writer (PASSIVE: it never blocks a commit), so no settlement waits for a
+checkpoint.
+
+Person cache: what `read_state` returns is kept in memory (bounded, oldest first out) and updated
+from each committed transaction before its futures resolve, so a person's next settlement reads no
+SQLite. This is exact because the server serializes each person's settlements and one process owns
+the ledger file (the writer thread is its only writer).
 
 Invariant (checked by the crash test): for every (psn_no, insutype, year), each accumulator equals
 the sum of its journal rows' deltas, and each balance equals its opening balance plus the sum of
@@ -152,6 +159,42 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+_MISSING = object()
+
+
+class _PersonCache:
+    """What read_state returned, kept exact by mirroring each commit's UPSERTs: balances by psn_no
+    (None: no account yet) and accumulator rows by (psn_no, insutype, year) (None: no row, all
+    zero). Two flat dicts of ints and tuples, which the cyclic GC does not track, each entry
+    correct on its own, each dropped oldest first past `limit` entries."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.balances: dict[str, int | None] = {}
+        self.rows: dict[tuple, tuple | None] = {}
+
+    def put(self, psn_no, key, balance, row):
+        for table, k, v in ((self.balances, psn_no, balance), (self.rows, key, row)):
+            table[k] = v
+            if len(table) > self.limit:
+                del table[next(iter(table))]
+
+    def apply(self, psn_no, insutype, year, acc_delta, balance_delta, opening):
+        """One committed settlement (or a reversal, deltas negated)."""
+        key = (psn_no, insutype, year)
+        row = self.rows.get(key, _MISSING)
+        if row is not _MISSING and any(acc_delta):
+            self.rows[key] = (tuple(acc_delta) if row is None
+                              else tuple(a + d for a, d in zip(row, acc_delta)))
+        balance = self.balances.get(psn_no, _MISSING)
+        if balance is _MISSING:
+            return
+        if balance is not None:
+            self.balances[psn_no] = balance + balance_delta
+        elif opening is not None or balance_delta:
+            self.balances[psn_no] = (opening or 0) + balance_delta
+
+
 def _record(row) -> SettlementRecord:
     n = len(ACC_NAMES)
     return SettlementRecord(
@@ -162,11 +205,12 @@ def _record(row) -> SettlementRecord:
 
 
 class _Op:
-    """A queued commit: apply(conn) runs inside the writer's transaction."""
-    __slots__ = ("apply", "future")
+    """A queued commit: apply(conn) runs inside the writer's transaction; change is what its
+    commit does to the person cache (psn_no, insutype, year, acc_delta, balance_delta, opening)."""
+    __slots__ = ("apply", "future", "change")
 
-    def __init__(self, apply, future):
-        self.apply, self.future = apply, future
+    def __init__(self, apply, future, change=None):
+        self.apply, self.future, self.change = apply, future, change
 
 
 _STOP = object()
@@ -178,18 +222,31 @@ class SqliteLedger(Ledger):
     Reads use a second connection from the caller's thread (WAL readers never block the writer).
     """
 
-    def __init__(self, path: str, max_batch: int = 512):
+    def __init__(self, path: str, max_batch: int = 512, cache_persons: int = 200_000,
+                 checkpoint_ops: int = 256, checkpoint_every: float = 0.5):
         self.path = str(path)
         self.max_batch = max_batch
+        self.cache_persons = cache_persons
+        self.checkpoint_ops = checkpoint_ops      # wake the checkpointer after this many ops,
+        self.checkpoint_every = checkpoint_every  # or after this many seconds
         self._reader = _connect(self.path)
         self._reader.executescript(_SCHEMA)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._writer_conn = _connect(self.path)
+        self._writer_conn.execute("PRAGMA wal_autocheckpoint=0")   # the checkpointer does it
+        self._checkpoint_conn = _connect(self.path)
+        self._checkpoint_due = threading.Event()
+        self._cache = _PersonCache(cache_persons)
         self._closed = False
+        self._writer_done = False   # the writer has stopped: the checkpointer stops too
         self.batches = 0            # transactions committed (for the benchmark's batch size)
         self.ops = 0
+        self.writer_cpu = 0.0       # CPU seconds of the writer thread, fsync included
         self._thread = threading.Thread(target=self._write_loop, name="ledger-writer", daemon=True)
         self._thread.start()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop,
+                                              name="ledger-checkpoint", daemon=True)
+        self._checkpointer.start()
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -206,10 +263,14 @@ class SqliteLedger(Ledger):
         return _record(row) if row else None
 
     def read_state(self, psn_no, insutype, year):
-        row = self._reader.execute(self._state_sql, (psn_no, insutype, year, psn_no)).fetchone()
-        if row is None:
-            return PersonState({}, None)
-        return PersonState(dict(zip(ACC_COLS, row[1:])) if row[1] is not None else {}, row[0])
+        key = (psn_no, insutype, year)
+        row = self._cache.rows.get(key, _MISSING)
+        balance = self._cache.balances.get(psn_no, _MISSING)
+        if row is _MISSING or balance is _MISSING:
+            found = self._reader.execute(self._state_sql, (psn_no, insutype, year, psn_no)).fetchone()
+            balance, row = found[0], (tuple(found[1:]) if found[1] is not None else None)
+            self._cache.put(psn_no, key, balance, row)
+        return PersonState(dict(zip(ACC_COLS, row)) if row is not None else {}, balance)
 
     # one statement: the account balance (or NULL) and the accumulator row (or NULLs)
     _state_sql = (
@@ -253,7 +314,9 @@ class SqliteLedger(Ledger):
                                                opening + record.balance_delta,
                                                record.balance_delta))
             return cur.lastrowid
-        return await self._submit(apply)
+        return await self._submit(apply, (record.psn_no, record.insutype, record.year,
+                                          record.acc_delta, record.balance_delta,
+                                          record.opening_balance))
 
     async def commit_reversal(self, setl_id, institution):
         def apply(conn):
@@ -280,22 +343,27 @@ class SqliteLedger(Ledger):
             if rec.balance_delta:
                 conn.execute("UPDATE account SET balance = balance - ? WHERE psn_no = ?",
                              (rec.balance_delta, rec.psn_no))
-            return rid
+            # the reversal's deltas, for the person cache once committed
+            return rid, (rec.psn_no, rec.insutype, rec.year, neg, -rec.balance_delta, None)
         return await self._submit(apply)
 
-    async def _submit(self, apply):
+    async def _submit(self, apply, change=None):
+        """Queue apply for the writer. change: the person-cache update its commit makes, or None
+        when apply returns (value, change) itself."""
         if self._closed:
             raise RuntimeError("ledger is closed")
         fut = asyncio.get_running_loop().create_future()
-        self._queue.put(_Op(apply, fut))
+        self._queue.put(_Op(apply, fut, change))
         return await fut
 
     def _write_loop(self):
         conn = self._writer_conn
+        since_checkpoint = 0
         while True:
             op = self._queue.get()
             if op is _STOP:
                 break
+            cpu0 = time.thread_time()
             batch = [op]
             stop = False
             while len(batch) < self.max_batch:
@@ -316,9 +384,29 @@ class SqliteLedger(Ledger):
                     loop.call_soon_threadsafe(_resolve, items)
                 except RuntimeError:        # the loop is gone: nobody waits for the reply
                     pass
+            since_checkpoint += len(batch)
+            if since_checkpoint >= self.checkpoint_ops:
+                self._checkpoint_due.set()
+                since_checkpoint = 0
+            self.writer_cpu += time.thread_time() - cpu0
             if stop:
                 break
+        self._writer_done = True
+        self._checkpoint_due.set()
+        self._checkpointer.join()
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+
+    def _checkpoint_loop(self):
+        """Copy committed WAL frames into the database, a little at a time, beside the writer."""
+        conn = self._checkpoint_conn
+        while not self._writer_done:
+            self._checkpoint_due.wait(self.checkpoint_every)
+            self._checkpoint_due.clear()
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error:            # busy or the like: the next round catches up
+                pass
         conn.close()
 
     def _commit_batch(self, conn, batch):
@@ -340,7 +428,16 @@ class SqliteLedger(Ledger):
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            outcomes = [(False, exc)] * len(batch)
+            return [(False, exc)] * len(batch)
+        # committed: bring cached persons up to date before any future resolves
+        for k, (op, (ok, value)) in enumerate(zip(batch, outcomes)):
+            if not ok:
+                continue
+            change = op.change
+            if change is None:
+                value, change = value
+                outcomes[k] = (True, value)
+            self._cache.apply(*change)
         return outcomes
 
     def close(self):

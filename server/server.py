@@ -9,6 +9,7 @@ totals. Requests are idempotent on (institution, request_id): the first result i
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 import signal
@@ -172,11 +173,7 @@ class SettlementService(pb_grpc.SettlementServicer):
         return self._stored_pb(record)
 
     def _stored_pb(self, record: SettlementRecord) -> pb.SettlementResult:
-        stored = convert.decode_stored(record.result)
-        return convert.result_to_pb(
-            stored.one, setl_id=str(record.setl_id), request_id=record.request_id,
-            institution=record.institution, setl_time=stored.setl_time,
-            reversal_id=str(record.reversed_by) if record.reversed_by is not None else "")
+        return convert.decode_stored(record.result, record.setl_id, record.reversed_by)
 
     async def _compute(self, req, visit, lines, institution, mode, deadline, digest=b""):
         try:
@@ -230,10 +227,12 @@ class SettlementService(pb_grpc.SettlementServicer):
             raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the commit")
         before = state.acc
         delta = [int(one.acc_after.get(name, 0)) - int(before.get(name, 0)) for name in ACC_COLS]
+        result = convert.result_to_pb(one, request_id=req.request_id, institution=institution,
+                                      setl_time=setl_time)
         record = SettlementRecord(
             institution=institution, request_id=req.request_id, request_hash=digest,
             mdtrt_id=one.mdtrt_id, psn_no=key[0], insutype=key[1], year=key[2], status=one.status,
-            result=convert.encode_stored(one, setl_time), acc_delta=delta,
+            result=convert.encode_stored(result), acc_delta=delta,
             balance_delta=int(one.balance_after) - int(balance), opening_balance=opening)
         try:
             setl_id = await self.ledger.commit_settlement(record)
@@ -246,8 +245,8 @@ class SettlementService(pb_grpc.SettlementServicer):
         except Exception as err:
             log.exception("ledger commit failed")
             raise CallError(grpc.StatusCode.UNAVAILABLE, f"ledger commit failed: {err}")
-        return convert.result_to_pb(one, setl_id=str(setl_id), request_id=req.request_id,
-                                    institution=institution, setl_time=setl_time), False
+        result.setl_id = str(setl_id)
+        return result, False
 
     def _own_record(self, institution, setl_id: str, request_id: str) -> SettlementRecord:
         if setl_id:
@@ -433,6 +432,11 @@ async def start(config: ServerConfig, settler=None, ledger: Ledger | None = None
     address = f"{config.host}:{config.port}" if ":" not in config.host else f"[{config.host}]:{config.port}"
     creds = config.security.server_credentials()
     port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    # the pack, catalogue and libraries loaded above live as long as the process: out of the
+    # collector's sight, so a full collection under load scans only what calls create (a p99 spike
+    # of 100+ ms otherwise)
+    gc.collect()
+    gc.freeze()
     await server.start()
     await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     return Running(server, port, service, health, ledger, config.grace)

@@ -1,0 +1,94 @@
+"""The ledger's person cache: what read_state returns from memory equals what SQLite holds, through
+settlements, opening balances, reversals and eviction, and a failed batch leaves the cache alone."""
+import asyncio
+import random
+
+import pytest
+
+from kernel.layout import ACC_COLS
+from server.ledger import LedgerConflict, SettlementRecord, SqliteLedger
+
+N = len(ACC_COLS)
+
+
+def record(i, psn_no, insutype="rural", year=2013, acc_delta=None, balance_delta=0, opening=None):
+    return SettlementRecord(
+        institution="H001", request_id=f"r{i}", request_hash=b"h" * 16, mdtrt_id=f"m{i}",
+        psn_no=psn_no, insutype=insutype, year=year, status="SETTLED", result=b"{}",
+        acc_delta=acc_delta if acc_delta is not None else [0] * N, balance_delta=balance_delta,
+        opening_balance=opening)
+
+
+def db_state(path, key):
+    fresh = SqliteLedger(path, cache_persons=0)
+    try:
+        state = fresh.read_state(*key)
+        return {k: v for k, v in state.acc.items() if v} or {}, state.balance
+    finally:
+        fresh.close()
+
+
+def cached_state(ledger, key):
+    state = ledger.read_state(*key)
+    return {k: v for k, v in state.acc.items() if v} or {}, state.balance
+
+
+@pytest.mark.parametrize("cache_persons", [3, 200_000])
+def test_cache_equals_sqlite(tmp_path, cache_persons):
+    path = str(tmp_path / "ledger.db")
+    rng = random.Random(7)
+    keys = [(f"P{p}", scheme, year) for p in range(6) for scheme in ("rural", "city")
+            for year in (2013, 2014)]
+
+    async def run():
+        ledger = SqliteLedger(path, cache_persons=cache_persons)
+        settled = []
+        try:
+            for i in range(300):
+                key = rng.choice(keys)
+                state = ledger.read_state(*key)           # what the server reads under the lock
+                opening = None
+                if state.balance is None and rng.random() < 0.5:
+                    opening = rng.randrange(0, 50_000)
+                delta = [rng.choice((0, 0, rng.randrange(1, 9_000))) for _ in range(N)]
+                bal = -rng.randrange(0, 500) if (state.balance is not None or opening) else 0
+                sid = await ledger.commit_settlement(record(i, *key, delta, bal, opening))
+                settled.append(sid)
+                if rng.random() < 0.2:
+                    undone = settled.pop(rng.randrange(len(settled)))
+                    await ledger.commit_reversal(undone, "H001")
+                    with pytest.raises(LedgerConflict):    # once only
+                        await ledger.commit_reversal(undone, "H001")
+        except Exception:
+            ledger.close()
+            raise
+        try:
+            for key in keys:
+                assert cached_state(ledger, key) == db_state(path, key), key
+        finally:
+            ledger.close()
+    asyncio.run(run())
+
+
+def test_refused_and_failed_commits_leave_cache(tmp_path):
+    path = str(tmp_path / "ledger.db")
+    key = ("P1", "rural", 2013)
+
+    async def run():
+        ledger = SqliteLedger(path)
+        try:
+            ledger.read_state(*key)
+            await ledger.commit_settlement(record(1, *key, [5] * N, -100, 1_000))
+            with pytest.raises(LedgerConflict):              # same request id: refused
+                await ledger.commit_settlement(record(1, *key, [7] * N, -100, None))
+
+            def broken(conn):
+                raise RuntimeError("disk on fire")
+            with pytest.raises(RuntimeError):
+                await ledger._submit(broken, (key[0], key[1], key[2], [9] * N, -1, None))
+            acc, balance = cached_state(ledger, key)
+            assert acc == dict(zip(ACC_COLS, [5] * N)) and balance == 900
+            assert (acc, balance) == db_state(path, key)
+        finally:
+            ledger.close()
+    asyncio.run(run())
