@@ -119,19 +119,94 @@ def _known(index, col, name, mapping, source):
     return index.astype(np.int64)
 
 
-def _year_of(days):
-    return days.astype("datetime64[D]").astype("datetime64[Y]").astype(np.int32) + 1970
-
-
 # --- visits ---------------------------------------------------------------------------------------
+# prepare() = prepare_for_pack(prepare_visits()). The first part does everything a pack does not
+# change (column checks, duplicate ids, dates, amounts, processing order), once; the second maps the
+# codes of one pack (schemes, med types, levels, causes, categories, versions, rules, disease groups,
+# accumulator slots). A re-settlement prepares a batch once and settles it under two packs.
+# The checks are made in the order prepare() has always made them: an error of the first part that
+# comes after a pack check in that order is held and raised by the second part at its place.
+
+_CODE_COLUMNS = ("insutype", "med_type", "medins_lv", "inj_cause", "psn_cats")
+
+
+@dataclass
+class VisitBatch:
+    """The pack-independent part of prepare(): checked columns, dates, amounts, processing order."""
+    n: int
+    source: str
+    line_source: str
+    col: dict                    # name -> typed Arrow Array (None when an optional column is absent)
+    codes: dict                  # code column -> (dictionary, int32 indices with -1 for null)
+    lines: pa.Table | None
+    end: np.ndarray              # int64 days
+    begin: np.ndarray
+    setl: np.ndarray
+    birth: tuple | None          # (year, month * 32 + day, missing) of brdy, or None
+    begin_after_end: int         # first row (0-based) with begndate > enddate, or -1
+    away_known: np.ndarray | None    # insured != treated where both regions are given
+    region_rows: np.ndarray | None   # rows treated in a given region, insured region not given
+    filed: np.ndarray | None
+    tail_error: InputError | None    # ipt_days, acct_balc, then (without lines) amounts and total
+    item: np.ndarray | None      # (N_ITEM, n) in processing order (precomputed amounts), else None
+    order: np.ndarray
+    psn_idx: np.ndarray          # int64 person per visit (input order)
+    psn_names: pa.Array
+    balance: np.ndarray
+    psn_slot: np.ndarray         # processing order
+    referral: np.ndarray
+    bed_days: np.ndarray
+    acct_used: np.ndarray
+    cache: dict                  # per-gov and per-key results shared between packs
+    id_columns: tuple = ()       # the input's mdtrt_id and psn_no columns, as given (for results)
+
 
 def prepare(compiled, catalogue, visits: pa.Table, lines: pa.Table | None, source="visits",
             line_source="lines", opening_acc=None) -> Prepared:
     """Validate and convert; raises InputError on the first bad value, before anything is computed."""
+    return prepare_for_pack(compiled, catalogue, prepare_visits(visits, lines, source, line_source))
+
+
+def _encode(arr):
+    """(dictionary, int32 indices with -1 for null) of a string column."""
+    enc = arr.dictionary_encode()
+    idx = enc.indices
+    idx = np.asarray(idx.fill_null(-1) if idx.null_count else idx).astype(np.int32, copy=False)
+    return enc.dictionary, idx
+
+
+def _civil(days):
+    """(year, month, day) of int64 days since 1970-01-01, proleptic Gregorian (as numpy's datetime64)."""
+    z = days + 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = np.where(mp < 10, mp + 3, mp - 9)
+    y = yoe + era * 400 + (m <= 2)
+    return y, m, d
+
+
+def _processing_order(psn_idx, setl_sec):
+    """lexsort((arange, setl_sec, psn_idx)): person, then settlement time, ties in input order."""
+    n = len(psn_idx)
+    if n:
+        lo, hi = int(setl_sec.min()), int(setl_sec.max())
+        span = hi - lo + 1
+        if 0 < span and (int(psn_idx.max()) + 1) * span < 2**62:
+            return np.argsort(psn_idx * span + (setl_sec - lo), kind="stable")
+    return np.lexsort((np.arange(n), setl_sec, psn_idx))
+
+
+def prepare_visits(visits: pa.Table, lines: pa.Table | None = None, source="visits",
+                   line_source="lines") -> VisitBatch:
+    """The pack-independent part of prepare(). Raises the errors that prepare() raises before any
+    pack lookup (a missing or mistyped column, a missing required value, a duplicate visit id);
+    later ones are held for prepare_for_pack."""
     n = visits.num_rows
-    req = {name: (typ, required) for name, typ, required, _ in VISIT_FIELDS}
-    col = {name: _column(visits, name, typ, required, source) for name, (typ, required) in req.items()}
-    pack = compiled.pack
+    col = {name: _column(visits, name, typ, required, source) for name, typ, required, _ in VISIT_FIELDS}
 
     ids = col["mdtrt_id"]
     if len(pc.unique(ids)) != n:
@@ -140,17 +215,124 @@ def prepare(compiled, catalogue, visits: pa.Table, lines: pa.Table | None, sourc
         row = int(np.flatnonzero(np.asarray(pc.equal(ids, dup)))[1]) + 1
         raise InputError("mdtrt_id", "duplicate visit id", dup.as_py() if hasattr(dup, "as_py") else dup,
                          row=row, source=source)
+    codes = {name: _encode(col[name]) for name in _CODE_COLUMNS if col[name] is not None}
 
-    scheme = _known(compiled.scheme_of(col["insutype"]), col["insutype"], "insutype", compiled.scheme_index, source)
-    med_type = _known(compiled.med_type_of(col["med_type"]), col["med_type"], "med_type",
-                      compiled.med_type_index, source)
-    level = _known(compiled.level_of(col["medins_lv"]), col["medins_lv"], "medins_lv", compiled.level_index, source)
+    end = as_days(col["enddate"])
+    begin = end if col["begndate"] is None else as_days(col["begndate"])
+    begin = np.where(begin == NO_DATE, end, begin)
+    setl = as_days(col["setl_time"])
+    bad = np.flatnonzero(begin > end)
+    birth = None
+    if col["brdy"] is not None:
+        b = as_days(col["brdy"])
+        missing = b == NO_DATE
+        by, bm, bd = _civil(np.where(missing, 0, b))
+        birth = (by, bm * 32 + bd, missing)
+
+    insured, treated = col["insu_admdvs"], col["mdtrt_admdvs"]
+    away_known = region_rows = None
+    if treated is not None:
+        if insured is not None:
+            away_known = np.asarray(pc.not_equal(insured, treated).fill_null(False), dtype=bool)
+            region_rows = np.flatnonzero(np.asarray(insured.is_null(), dtype=bool)
+                                         & ~np.asarray(treated.is_null(), dtype=bool))
+        else:
+            away_known = np.zeros(n, bool)
+            region_rows = np.flatnonzero(~np.asarray(treated.is_null(), dtype=bool))
+    filed = _ints(col["out_filing_flag"], np.int8)
+    referral = _ints(col["refl_flag"], np.int8)
+    referral = np.zeros(n, np.int8) if referral is None else referral
+    bed_days = _ints(col["ipt_days"], np.int32)
+    bed_days = np.zeros(n, np.int32) if bed_days is None else bed_days
+    acct_used = _ints(col["acct_used_flag"], np.int8)
+    acct_used = np.zeros(n, np.int8) if acct_used is None else acct_used
+    opening = _ints(col["acct_balc"], np.int64)
+    opening = np.zeros(n, np.int64) if opening is None else opening
+
+    # held errors, in prepare()'s order: bed days, opening balance, then the amounts and the total
+    item, tail_error = None, None
+    try:
+        bad_days = np.flatnonzero(bed_days < 0)
+        if bad_days.size:
+            raise InputError("ipt_days", "must not be negative", int(bed_days[bad_days[0]]),
+                             row=int(bad_days[0]) + 1, source=source)
+        _check_money(opening, "acct_balc", source, rows=np.arange(1, n + 1))
+        if lines is None:
+            item = _precomputed(visits, n, source)
+            _check_declared(col, item, ids, n, source)
+    except InputError as e:
+        tail_error, item = e, None
+
+    # processing order: person, then settlement time (ties keep input order)
+    psn = col["psn_no"].dictionary_encode()
+    psn_idx = np.asarray(psn.indices).astype(np.int64)
+    setl_sec = np.asarray(col["setl_time"].cast(pa.timestamp("s")).cast(pa.int64()))
+    order = _processing_order(psn_idx, setl_sec)
+    psn_names = psn.dictionary
+    # opening balance of a person: acct_balc on their first visit in processing order
+    first = np.full(len(psn_names), -1, dtype=np.int64)
+    first[psn_idx[order[::-1]]] = order[::-1]
+    balance = opening[first].astype(np.int64)
+
+    def take(a, dtype):
+        return np.ascontiguousarray(a[order], dtype=dtype)
+
+    return VisitBatch(
+        n=n, source=source, line_source=line_source, col=col, codes=codes, lines=lines,
+        end=end, begin=begin, setl=setl, birth=birth, begin_after_end=int(bad[0]) if bad.size else -1,
+        away_known=away_known, region_rows=region_rows, filed=filed, tail_error=tail_error,
+        item=None if item is None else np.ascontiguousarray(item[:, order]), order=order, psn_idx=psn_idx,
+        psn_names=psn_names, balance=balance, psn_slot=take(psn_idx, np.int32),
+        referral=take(referral, np.int8), bed_days=take(bed_days, np.int32), acct_used=take(acct_used, np.int8),
+        cache={}, id_columns=(visits.column("mdtrt_id"), visits.column("psn_no")))
+
+
+def _check_declared(col, item, ids, n, source):
+    """medfee_sumamt, when given: a valid amount, and the sum of the lines (or amounts)."""
+    if col["medfee_sumamt"] is None:
+        return
+    given = ~np.asarray(col["medfee_sumamt"].is_null(), dtype=bool)
+    declared = _ints(col["medfee_sumamt"], np.int64)
+    _check_money(declared, "medfee_sumamt", source, rows=np.arange(1, n + 1))
+    bad = np.flatnonzero(given & (declared != item[_I["I_MEDFEE"]]))
+    if bad.size:
+        i = int(bad[0])
+        raise InputError("medfee_sumamt", f"total is not the sum of the lines ({int(item[_I['I_MEDFEE']][i])})",
+                         int(declared[i]), row=i + 1, mdtrt_id=ids[i].as_py(), source=source)
+
+
+def _codes_of(batch, name, lookup, mapping, null):
+    """Per-visit index of a code column under one pack, from its dictionary; -1 unknown."""
+    if name not in batch.codes:
+        return None
+    dictionary, idx = batch.codes[name]
+    table = np.append(np.asarray(lookup(dictionary)).astype(np.int64), null)
+    return table[idx]
+
+
+def _known_codes(batch, name, lookup, mapping, null=-1):
+    index = _codes_of(batch, name, lookup, mapping, null)
+    return _known(index, batch.col[name], name, mapping, batch.source)
+
+
+def prepare_for_pack(compiled, catalogue, batch: VisitBatch) -> Prepared:
+    """The pack-dependent part of prepare(): codes, versions, rules, groups, accumulator slots."""
+    n, source, col, pack = batch.n, batch.source, batch.col, compiled.pack
+    order = batch.order
+
+    scheme = _known_codes(batch, "insutype", compiled.scheme_of, compiled.scheme_index)
+    med_type = _known_codes(batch, "med_type", compiled.med_type_of, compiled.med_type_index)
+    level = _known_codes(batch, "medins_lv", compiled.level_of, compiled.level_index)
     if col["inj_cause"] is None:
         cause = np.full(n, compiled.cause_index["none"], dtype=np.int64)
     else:
-        cause = _known(compiled.cause_of(col["inj_cause"]), col["inj_cause"], "inj_cause", compiled.cause_index,
-                       source)
-    cats = np.zeros(n, dtype=np.int16) if col["psn_cats"] is None else compiled.category_mask(col["psn_cats"])
+        cause = _known_codes(batch, "inj_cause", compiled.cause_of, compiled.cause_index,
+                             null=compiled.cause_index["none"])
+    if col["psn_cats"] is None:
+        cats = np.zeros(n, dtype=np.int16)
+    else:
+        dictionary, idx = batch.codes["psn_cats"]
+        cats = np.append(compiled.category_mask(dictionary), np.int16(0)).astype(np.int16)[idx]
     bad = np.flatnonzero(cats < 0)
     if bad.size:
         i = int(bad[0])
@@ -160,15 +342,10 @@ def prepare(compiled, catalogue, visits: pa.Table, lines: pa.Table | None, sourc
                          name, row=i + 1, source=source)
 
     # governing date per scheme (admission, discharge or settlement), then the version in force
-    end = as_days(col["enddate"])
-    begin = end if col["begndate"] is None else as_days(col["begndate"])
-    begin = np.where(begin == NO_DATE, end, begin)
-    setl = as_days(col["setl_time"])
-    gov = compiled.governing_days(scheme, begin, end, setl)
-    bad = np.flatnonzero(begin > end)
-    if bad.size:
-        i = int(bad[0])
-        raise InputError("begndate", "admission after discharge", str(np.datetime64(int(begin[i]), "D")),
+    gov = compiled.governing_days(scheme, batch.begin, batch.end, batch.setl)
+    if batch.begin_after_end >= 0:
+        i = batch.begin_after_end
+        raise InputError("begndate", "admission after discharge", str(np.datetime64(int(batch.begin[i]), "D")),
                          row=i + 1, source=source)
     version = compiled.version_index(scheme, gov).astype(np.int32)
     bad = np.flatnonzero(version < 0)
@@ -179,69 +356,63 @@ def prepare(compiled, catalogue, visits: pa.Table, lines: pa.Table | None, sourc
                          f"no policy version of scheme {pack.schemes[scheme[i]].code} in force on this date",
                          str(np.datetime64(int(gov[i]), "D")), row=i + 1, source=source)
 
-    age = np.full(n, -1, np.int16) if col["brdy"] is None else age_in_years(col["brdy"], gov)
+    cached = batch.cache.get("gov")
+    if cached is not None and np.array_equal(cached[0], gov):
+        age, year = cached[1], cached[2]
+    else:
+        gy, gm, gd = _civil(gov)
+        year = gy.astype(np.int32)
+        if batch.birth is None:
+            age = np.full(n, -1, np.int16)
+        else:
+            by, bmd, missing = batch.birth
+            age = np.where(missing, -1, gy - by - ((gm * 32 + gd) < bmd)).astype(np.int16)
+        batch.cache["gov"] = (gov, age, year)
     diag = col["dise_codg"] if col["dise_codg"] is not None else pa.nulls(n, pa.string())
     group = compiled.resolve_groups(diag, age).astype(np.int16)
     rule = compiled.rule_index(version, med_type, level).astype(np.int32)
 
-    insured = col["insu_admdvs"].fill_null(pack.region) if col["insu_admdvs"] is not None \
-        else pa.array([pack.region] * n, pa.string()) if n else pa.array([], pa.string())
-    treated = col["mdtrt_admdvs"].fill_null(insured) if col["mdtrt_admdvs"] is not None else insured
-    away = ~np.asarray(pc.equal(insured, treated).fill_null(True), dtype=bool)
-    filed = _ints(col["out_filing_flag"], np.int8)
-    out_area = np.where(away, np.where(filed.astype(bool) if filed is not None else False, 1, 2), 0).astype(np.int8)
-    referral = _ints(col["refl_flag"], np.int8)
-    referral = np.zeros(n, np.int8) if referral is None else referral
-    bed_days = _ints(col["ipt_days"], np.int32)
-    bed_days = np.zeros(n, np.int32) if bed_days is None else bed_days
-    bad = np.flatnonzero(bed_days < 0)
-    if bad.size:
-        raise InputError("ipt_days", "must not be negative", int(bed_days[bad[0]]), row=int(bad[0]) + 1,
-                         source=source)
-    acct_used = _ints(col["acct_used_flag"], np.int8)
-    acct_used = np.zeros(n, np.int8) if acct_used is None else acct_used
-    opening = _ints(col["acct_balc"], np.int64)
-    opening = np.zeros(n, np.int64) if opening is None else opening
-    _check_money(opening, "acct_balc", source, rows=np.arange(1, n + 1))
+    if batch.away_known is None:
+        out_area = np.zeros(n, np.int8)
+    else:
+        away = batch.away_known
+        if batch.region_rows.size:          # insured region not given: the pack's region
+            away = away.copy()
+            rows = batch.region_rows
+            away[rows] = np.asarray(pc.not_equal(col["mdtrt_admdvs"].take(pa.array(rows)), pack.region), dtype=bool)
+        filed = batch.filed.astype(bool) if batch.filed is not None else False
+        out_area = np.where(away, np.where(filed, 1, 2), 0).astype(np.int8)
 
-    item = (_itemize_lines(compiled, catalogue, ids, lines, n, line_source) if lines is not None
-            else _precomputed(visits, n, source))
-    if col["medfee_sumamt"] is not None:
-        given = ~np.asarray(col["medfee_sumamt"].is_null(), dtype=bool)
-        declared = _ints(col["medfee_sumamt"], np.int64)
-        _check_money(declared, "medfee_sumamt", source, rows=np.arange(1, n + 1))
-        bad = np.flatnonzero(given & (declared != item[_I["I_MEDFEE"]]))
-        if bad.size:
-            i = int(bad[0])
-            raise InputError("medfee_sumamt", f"total is not the sum of the lines ({int(item[_I['I_MEDFEE']][i])})",
-                             int(declared[i]), row=i + 1, mdtrt_id=ids[i].as_py(), source=source)
+    if batch.tail_error is not None:
+        raise batch.tail_error
+    item = batch.item
+    if item is None:
+        item = _itemize_lines(compiled, catalogue, col["mdtrt_id"], batch.lines, n, batch.line_source)
+        _check_declared(col, item, col["mdtrt_id"], n, source)
+        item = np.ascontiguousarray(item[:, order])
 
-    # processing order: person, then settlement time (ties keep input order)
-    psn = col["psn_no"].dictionary_encode()
-    psn_idx = np.asarray(psn.indices, dtype=np.int64)
-    setl_sec = np.asarray(col["setl_time"].cast(pa.timestamp("s")).cast(pa.int64()))
-    order = np.lexsort((np.arange(n), setl_sec, psn_idx))
-    year = _year_of(gov)
+    # accumulator slots: (person, scheme, year), numbered in that order
     n_schemes = len(compiled.scheme_index)
-    key = (psn_idx * n_schemes + scheme) * 10000 + year
-    slot_of_key, acc_slot = np.unique(key, return_inverse=True)
-    psn_names = psn.dictionary
-    # opening balance of a person: acct_balc on their first visit in processing order
-    first = np.full(len(psn_names), -1, dtype=np.int64)
-    first[psn_idx[order[::-1]]] = order[::-1]
-    balance = opening[first].astype(np.int64)
+    key = (batch.psn_slot.astype(np.int64) * n_schemes + scheme[order]) * 10000 + year[order]
+    cached = batch.cache.get("slots")
+    if cached is not None and cached[0] == n_schemes and np.array_equal(cached[1], key):
+        slot_of_key, acc_slot = cached[2], cached[3]
+    else:
+        slot_of_key, acc_slot = np.unique(key, return_inverse=True)
+        acc_slot = acc_slot.reshape(-1).astype(np.int32)
+        batch.cache["slots"] = (n_schemes, key, slot_of_key, acc_slot)
 
-    def take(a):
-        return np.ascontiguousarray(a[order])
+    def take(a, dtype):
+        return np.ascontiguousarray(a[order], dtype=dtype)
 
     return Prepared(
-        order=order, item=np.ascontiguousarray(item[:, order]), rule=take(rule), group=take(group),
-        cats=take(cats), cause=take(cause).astype(np.int8), out_area=take(out_area),
-        referral=take(referral).astype(np.int8), bed_days=take(bed_days).astype(np.int32),
-        acct_used=take(acct_used).astype(np.int8), acc_slot=take(acc_slot).astype(np.int32),
-        psn_slot=take(psn_idx).astype(np.int32), balance=balance, psn_names=psn_names,
+        order=order, item=item, rule=take(rule, np.int32), group=take(group, np.int16),
+        cats=take(cats, np.int16), cause=take(cause, np.int8), out_area=take(out_area, np.int8),
+        referral=batch.referral, bed_days=batch.bed_days, acct_used=batch.acct_used, acc_slot=acc_slot,
+        psn_slot=batch.psn_slot, balance=batch.balance, psn_names=batch.psn_names,
         slot_psn=slot_of_key // 10000 // n_schemes, slot_scheme=(slot_of_key // 10000) % n_schemes,
-        slot_year=(slot_of_key % 10000).astype(np.int32), version=take(version), year=take(year))
+        slot_year=(slot_of_key % 10000).astype(np.int32), version=take(version, np.int32),
+        year=take(year, np.int32))
 
 
 def _precomputed(visits, n, source):

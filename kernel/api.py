@@ -54,7 +54,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import layout
-from .adapter import OneVisitAdapter, prepare
+from .adapter import OneVisitAdapter, Prepared, VisitBatch, prepare_for_pack, prepare_visits
 from .catalogue import Catalogue, load_catalogue
 from .compile import compile_pack
 from .errors import InputError
@@ -84,6 +84,17 @@ class BatchResult:
     table: pa.Table
     accumulators: pa.Table
     balances: pa.Table
+
+
+@dataclass
+class RawSettlement:
+    """The kernel's outputs for a prepared batch, in processing order (prep.order: position -> row)."""
+    prep: Prepared
+    out: np.ndarray              # (len(OUT_COLS), n) int64
+    status: np.ndarray           # int8
+    flags: np.ndarray            # int32
+    acc: np.ndarray              # (slots, len(ACC_COLS)) after the batch
+    balance: np.ndarray          # per person after the batch
 
 
 def fen(v: int) -> str:
@@ -123,10 +134,30 @@ class Settler:
 
         opening_acc: optional {(psn_no, insutype, year): {ACC name: value}} to start from (the
         ledger's totals); absent rows start at zero. Bad input raises InputError before anything runs.
+        The same as settle_prepared(prepare(visits, lines)).
         """
+        return self.settle_prepared(self.prepare(visits, lines, source, line_source), mode, opening_acc)
+
+    def prepare(self, visits: pa.Table, lines: pa.Table | None = None, source="visits",
+                line_source="lines") -> VisitBatch:
+        """The pack-independent part of settle_table (column checks, dates, amounts, processing
+        order), done once for a batch that is then settled under one or more packs
+        (settle_prepared of this or another Settler). Raises the errors settle_table raises before
+        any pack lookup; the others are raised by settle_prepared, in settle_table's order."""
+        return prepare_visits(visits, lines, source, line_source)
+
+    def settle_prepared(self, batch: VisitBatch, mode="settle", opening_acc: dict | None = None) -> BatchResult:
+        """settle_table of a prepared batch under this Settler's pack."""
+        raw = self.settle_raw(batch, mode, opening_acc)
+        return BatchResult(self._result_table(batch.id_columns, raw.prep, raw.out, raw.status, raw.flags),
+                           self._acc_table(raw.prep, raw.acc),
+                           pa.table({"psn_no": raw.prep.psn_names, "balc": pa.array(raw.balance)}))
+
+    def settle_raw(self, batch: VisitBatch, mode="settle", opening_acc: dict | None = None) -> "RawSettlement":
+        """settle_prepared without building the result table: the kernel's arrays, in processing order."""
         from ._chain import settle
 
-        prep = prepare(self.compiled, self.catalogue, visits, lines, source, line_source)
+        prep = prepare_for_pack(self.compiled, self.catalogue, batch)
         acc = np.zeros((len(prep.slot_psn), len(layout.ACC_COLS)), dtype=np.int64)
         if opening_acc:
             names = prep.psn_names.to_pylist()
@@ -136,7 +167,7 @@ class Settler:
                 row = opening_acc.get((names[p], schemes[s], y))
                 if row:
                     acc[slot] = [int(row.get(name, 0)) for name in layout.ACC_COLS]
-        n = visits.num_rows
+        n = batch.n
         out = np.empty((len(layout.OUT_COLS), n), dtype=np.int64)
         status = np.empty(n, dtype=np.int8)
         flags = np.empty(n, dtype=np.int32)
@@ -145,12 +176,10 @@ class Settler:
         settle(cp.rules, cp.diseases, cp.bands, cp.n_groups, prep.item, prep.rule, prep.group,
                prep.cats, prep.cause, prep.out_area, prep.referral, prep.bed_days, prep.acct_used,
                prep.acc_slot, prep.psn_slot, acc, balance, _MODES[mode], out, status, flags)
-        return BatchResult(self._result_table(visits, prep, out, status, flags),
-                           self._acc_table(prep, acc),
-                           pa.table({"psn_no": prep.psn_names, "balc": pa.array(balance)}))
+        return RawSettlement(prep, out, status, flags, acc, balance)
 
-    def _result_table(self, visits, prep, out, status, flags) -> pa.Table:
-        n = visits.num_rows
+    def _result_table(self, id_columns, prep, out, status, flags) -> pa.Table:
+        n = len(prep.order)
         inverse = np.empty(n, dtype=np.int64)
         inverse[prep.order] = np.arange(n)
         causes = self.pack.injury_causes
@@ -165,8 +194,8 @@ class Settler:
         reason_dict = pa.array(fixed + [f"excluded_cause:{c}" for c in causes])
         status_dict = pa.array([_STATUS_NAMES[i] for i in range(len(_STATUS_NAMES))])
         cols = {
-            "mdtrt_id": visits.column("mdtrt_id"),
-            "psn_no": visits.column("psn_no"),
+            "mdtrt_id": id_columns[0],
+            "psn_no": id_columns[1],
             "status": pa.DictionaryArray.from_arrays(pa.array(status[inverse].astype(np.int32)), status_dict),
             "reason": pa.DictionaryArray.from_arrays(pa.array(reason[inverse]), reason_dict),
         }
