@@ -1,60 +1,136 @@
 """Re-settlement benchmark: a 10M-visit Parquet re-settled end to end (read, two versions, deltas,
-write) in one process, then on Dask with 1 and 2 workers, on the same input.
+write) on this machine (worker processes, one per core), then on Dask with 1 and 2 workers, on the
+same input.
 
-    python bench/bench_resettle.py                 # 10,000,000 visits (about 2 GB of Parquet in /tmp)
-    python bench/bench_resettle.py --visits 1000000 --dir /tmp/bench
+    python bench/bench_resettle.py                      # 10,000,000 visits (synthesized once, ~330 MB in /tmp)
+    python bench/bench_resettle.py --visits 1000000 --runs single
 
-Reports wall time and peak resident memory (the process's, plus the largest worker's for Dask),
-against the targets: under 20 s and 4 GiB single-process, and 2 workers at least 1.6x of 1.
+Each run is a fresh child process; this process samples the resident memory of the child and all
+its descendants (worker processes, Dask nanny and workers) every 50 ms: "peak RSS" is the peak of
+that sum, the memory the run really held. Prints progress, a table (wall time, peak RSS, visits/s,
+Dask 2 workers vs 1) and writes JSON (default out/bench_resettle.json). Targets (issue 5): under
+20 s and 4 GiB for the single-machine run, Dask 2 workers at least 1.6x of 1.
 """
 import argparse
 import json
 import os
-import resource
+import platform
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+RUNS = {"single": ("single machine", 0), "dask1": ("dask 1 worker", 1), "dask2": ("dask 2 workers", 2)}
+
+
+class LineProgress:
+    """The bits of rich.progress.Progress that kernel.resettle uses, as lines on stderr."""
+
+    def __init__(self, label):
+        self.label, self.tasks, self.t0 = label, {}, time.perf_counter()
+
+    def add_task(self, description, total=None):
+        k = len(self.tasks)
+        self.tasks[k] = [description, total, 0]
+        self._print(k)
+        return k
+
+    def update(self, task, advance=1):
+        self.tasks[task][2] += advance
+        self._print(task)
+
+    def _print(self, k):
+        desc, total, done = self.tasks[k]
+        print(f"  [{self.label} {time.perf_counter() - self.t0:6.1f} s] {desc}: {done}/{total or '?'}",
+              file=sys.stderr, flush=True)
 
 
 def child(args):
-    """One measured run in a fresh process, so its peak RSS is its own."""
+    """One measured run (called in a fresh process)."""
     sys.path.insert(0, str(ROOT))
     from kernel.resettle import Plan, PolicySpec, resettle
     plan = Plan(visits=args.visits_path, new=PolicySpec(None, "2013-aug"), old=PolicySpec(),
-                partition_rows=args.partition_rows)
-    t0 = time.perf_counter()
-    if args.workers:
+                partition_rows=args.partition_rows, processes=args.processes)
+    label = RUNS[args.run][0]
+    progress = LineProgress(label)
+    extra = {}
+    if args.run == "single":
+        plan.new.settler(), plan.old.settler()            # packs compiled before the clock starts
+        t0 = time.perf_counter()
+        outcome = resettle(plan, args.out, progress=progress)
+        wall = time.perf_counter() - t0
+        from kernel.resettle import processes_for
+        extra["processes"] = processes_for(plan, outcome.rows, outcome.partitions)
+    else:
         from distributed import Client, LocalCluster
         from kernel.scaleout import resettle_dask
-        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+        workers = RUNS[args.run][1]
+        t_start = time.perf_counter()
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                dashboard_address=None, memory_limit="6GiB")
         client = Client(cluster)
+        extra["cluster_start_s"] = time.perf_counter() - t_start
         t0 = time.perf_counter()
-        resettle_dask(plan, args.out, client)
+        outcome = resettle_dask(plan, args.out, client, progress=progress)
         wall = time.perf_counter() - t0
-        worker_rss = max(v["metrics"]["memory"] for v in client.scheduler_info()["workers"].values())
         client.close()
         cluster.close()
-    else:
-        resettle(plan, args.out)
-        wall = time.perf_counter() - t0
-        worker_rss = 0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"wall": wall, "peak_rss": peak, "worker_rss": worker_rss}))
+    print(json.dumps({"wall": wall, "rows": outcome.rows, "partitions": outcome.partitions,
+                      "owed_total": outcome.histogram["owed_total"],
+                      "recovered_total": outcome.histogram["recovered_total"], **extra}))
+
+
+def tree_rss(pid):
+    import psutil
+    try:
+        p = psutil.Process(pid)
+        procs = [p] + p.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for q in procs:
+        try:
+            total += q.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def measured(cmd):
+    """Run cmd (stderr passed through for progress); (its last stdout line as JSON, peak tree RSS)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    peak = [0]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], tree_rss(proc.pid))
+            done.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, _ = proc.communicate()
+    done.set()
+    sampler.join()
+    if proc.returncode:
+        raise SystemExit(f"run failed ({proc.returncode}): {' '.join(map(str, cmd))}")
+    return json.loads(out.strip().splitlines()[-1]), peak[0]
 
 
 def main():
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--visits", type=int, default=10_000_000)
-    p.add_argument("--dir", default="/tmp/medsettle-bench")
+    p.add_argument("--dir", default="/tmp/medsettle-bench", help="input and outputs (default %(default)s)")
     p.add_argument("--partition-rows", type=int, default=1_000_000)
-    p.add_argument("--child", action="store_true")
-    p.add_argument("--visits-path")
-    p.add_argument("--out")
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--processes", type=int, default=0, help="worker processes of the single-machine run (0: per core)")
+    p.add_argument("--runs", default="single,dask1,dask2", help="which runs (default %(default)s)")
+    p.add_argument("--json", default=str(ROOT / "out" / "bench_resettle.json"))
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--run", help=argparse.SUPPRESS)
+    p.add_argument("--visits-path", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args)
@@ -62,26 +138,49 @@ def main():
     d.mkdir(parents=True, exist_ok=True)
     visits = d / f"region-{args.visits}" / "visits.parquet"
     if not visits.exists():
+        print(f"synthesizing {args.visits:,} visits -> {visits} (once) ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "kernel.cli", "synth", "--visits", str(args.visits), "--amounts",
-                        "precomputed", "--out", str(visits.parent)], cwd=ROOT, check=True,
-                       stdout=subprocess.DEVNULL)
-        print(f"synthesized {args.visits:,} visits in {time.perf_counter() - t0:.1f} s -> {visits}")
+                        "precomputed", "--out", str(visits.parent)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        print(f"synthesized in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    import pyarrow
+    import psutil
+    load_before = os.getloadavg()
     results = {}
-    for label, workers in (("single process", 0), ("dask 1 worker", 1), ("dask 2 workers", 2)):
-        out = subprocess.run([sys.executable, __file__, "--child", "--visits-path", str(visits),
-                              "--out", str(d / f"out-{workers}"), "--workers", str(workers),
-                              "--partition-rows", str(args.partition_rows)],
-                             cwd=ROOT, check=True, capture_output=True, text=True)
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        results[label] = r
-        print(f"{label:<16} wall {r['wall']:7.1f} s   peak RSS {r['peak_rss'] / 2**30:5.2f} GiB"
-              + (f"   largest worker {r['worker_rss'] / 2**30:5.2f} GiB" if workers else ""))
-    s = results["single process"]
-    speedup = results["dask 1 worker"]["wall"] / results["dask 2 workers"]["wall"]
-    print(f"\n{args.visits:,} visits: single process {s['wall']:.1f} s (target < 20 s), "
-          f"peak {s['peak_rss'] / 2**30:.2f} GiB (target < 4 GiB); "
-          f"dask 2 workers vs 1: {speedup:.2f}x (target >= 1.6x)")
+    for key in [r.strip() for r in args.runs.split(",") if r.strip()]:
+        label, _ = RUNS[key]
+        print(f"{label}:", file=sys.stderr, flush=True)
+        r, peak = measured([sys.executable, __file__, "--child", "--run", key, "--visits-path", str(visits),
+                            "--out", str(d / f"out-{key}"), "--partition-rows", str(args.partition_rows),
+                            "--processes", str(args.processes)])
+        r["peak_rss"] = peak
+        r["visits_per_s"] = r["rows"] / r["wall"]
+        results[key] = r
+    load_after = os.getloadavg()
+    same = len({(r["owed_total"], r["recovered_total"]) for r in results.values()}) <= 1
+
+    print(f"\nre-settlement of {args.visits:,} visits (2013 under the August rules vs as enacted), "
+          f"{psutil.cpu_count()} cores, load {load_before[0]:.2f} before / {load_after[0]:.2f} after")
+    print(f"{'run':<18}{'wall s':>9}{'peak RSS GiB':>14}{'visits/s':>14}")
+    for key, r in results.items():
+        label = RUNS[key][0] + (f" ({r['processes']} proc.)" if "processes" in r else "")
+        print(f"{label:<18}{r['wall']:9.1f}{r['peak_rss'] / 2**30:14.2f}{r['visits_per_s']:14,.0f}")
+    summary = {"visits": args.visits, "partition_rows": args.partition_rows, "runs": results,
+               "cores": psutil.cpu_count(), "load_before": load_before, "load_after": load_after,
+               "python": platform.python_version(), "pyarrow": pyarrow.__version__,
+               "same_totals": same, "targets": {"wall_s": 20, "peak_rss_gib": 4, "dask_2_vs_1": 1.6}}
+    if "dask1" in results and "dask2" in results:
+        ratio = results["dask1"]["wall"] / results["dask2"]["wall"]
+        summary["dask_2_vs_1"] = ratio
+        print(f"dask 2 workers vs 1: {ratio:.2f}x (target >= 1.6x)")
+    if "single" in results:
+        s = results["single"]
+        print(f"single machine: {s['wall']:.1f} s (target < 20 s), peak {s['peak_rss'] / 2**30:.2f} GiB "
+              f"(target < 4 GiB)")
+    print("owed/recovered totals identical across runs" if same else "WARNING: runs disagree on the totals")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(summary, indent=1))
+    print(f"written {args.json}")
 
 
 if __name__ == "__main__":

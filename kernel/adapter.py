@@ -53,8 +53,9 @@ class Prepared:
 
 # --- column access -------------------------------------------------------------------------------
 
-def _column(table: pa.Table, name, typ, required, source, default=None):
-    """The column as a combined Array of `typ`, or None when optional and absent."""
+def _column(table: pa.Table, name, typ, required, source, default=None, combine=True):
+    """The column as a combined Array of `typ` (as a ChunkedArray when not combine), or None when
+    optional and absent."""
     if name not in table.column_names:
         if required:
             raise InputError(name, "required column is missing", None, source=source)
@@ -66,7 +67,8 @@ def _column(table: pa.Table, name, typ, required, source, default=None):
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             bad = _first_uncastable(col, typ)
             raise InputError(name, f"must be {typ}", bad[1], row=bad[0], source=source) from None
-    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if combine and isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
     if required and col.null_count:
         row = int(np.flatnonzero(np.asarray(col.is_null()))[0])
         raise InputError(name, "required value is missing", None, row=row + 1, source=source)
@@ -175,7 +177,7 @@ def _encode(arr):
     return enc.dictionary, idx
 
 
-def _civil(days):
+def _civil_arith(days):
     """(year, month, day) of int64 days since 1970-01-01, proleptic Gregorian (as numpy's datetime64)."""
     z = days + 719468
     era = z // 146097
@@ -187,6 +189,20 @@ def _civil(days):
     m = np.where(mp < 10, mp + 3, mp - 9)
     y = yoe + era * 400 + (m <= 2)
     return y, m, d
+
+
+def _civil(days):
+    """(year, month, day) of int64 days since 1970-01-01: computed once per day of the range the
+    dates span (visit dates span a year or a few, birth dates a century), then looked up."""
+    days = np.asarray(days, dtype=np.int64)
+    if days.size < 4096:
+        return _civil_arith(days)
+    lo, hi = int(days.min()), int(days.max())
+    if hi - lo > 400_000:
+        return _civil_arith(days)
+    y, m, d = _civil_arith(np.arange(lo, hi + 1, dtype=np.int64))
+    at = days - lo
+    return y[at], m[at], d[at]
 
 
 def _processing_order(psn_idx, setl_sec):

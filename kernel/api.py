@@ -153,8 +153,10 @@ class Settler:
                            self._acc_table(raw.prep, raw.acc),
                            pa.table({"psn_no": raw.prep.psn_names, "balc": pa.array(raw.balance)}))
 
-    def settle_raw(self, batch: VisitBatch, mode="settle", opening_acc: dict | None = None) -> "RawSettlement":
-        """settle_prepared without building the result table: the kernel's arrays, in processing order."""
+    def settle_raw(self, batch: VisitBatch, mode="settle", opening_acc: dict | None = None,
+                   out: np.ndarray | None = None) -> "RawSettlement":
+        """settle_prepared without building the result table: the kernel's arrays, in processing order.
+        out: an int64 (len(OUT_COLS), n) array to write into (reused between settlements of a batch)."""
         from ._chain import settle
 
         prep = prepare_for_pack(self.compiled, self.catalogue, batch)
@@ -168,7 +170,9 @@ class Settler:
                 if row:
                     acc[slot] = [int(row.get(name, 0)) for name in layout.ACC_COLS]
         n = batch.n
-        out = np.empty((len(layout.OUT_COLS), n), dtype=np.int64)
+        if out is None or out.shape != (len(layout.OUT_COLS), n) or out.dtype != np.int64 \
+                or not out.flags.c_contiguous:
+            out = np.empty((len(layout.OUT_COLS), n), dtype=np.int64)
         status = np.empty(n, dtype=np.int8)
         flags = np.empty(n, dtype=np.int32)
         balance = prep.balance.copy()

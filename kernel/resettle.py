@@ -22,11 +22,14 @@ Outputs in DIR (written under a temporary name and renamed: a refused input leav
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import json
 import math
+import os
 import shutil
+import sys
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import InputError
+from .layout import OUT_COLS
 from .schema import LINE_FIELDS, PRECOMPUTED_FIELDS, VISIT_FIELDS
 
 # The fund columns compared, old against new: every fund of section 7 (their sum is
@@ -197,6 +201,7 @@ class Plan:
     lines: str | None = None
     partition_rows: int = DEFAULT_PARTITION_ROWS
     n_partitions: int = 0                  # 0: from the row count and partition_rows
+    processes: int = 0                     # worker processes of a single-machine run; 0: one per core
     fund_layers: list = field(default_factory=lambda: list(DEFAULT_FUND_LAYERS))
 
     def as_dict(self):
@@ -209,37 +214,54 @@ def n_partitions_for(n_rows: int, partition_rows: int) -> int:
 
 # --- string hash: psn_no -> partition, vectorised over the Arrow buffers ------------------------
 
-_P = np.uint64(1099511628211)
+_K = np.uint64(0x9E3779B97F4A7C15)
+_M = np.uint64(0xBF58476D1CE4E5B9)
 
 
 def hash_strings(arr) -> np.ndarray:
-    """uint64 hash of every string (polynomial over the bytes, then a 64-bit finaliser).
+    """uint64 hash of every string: its bytes as little-endian 64-bit words (the last zero-padded),
+    folded with multiply-xor from the length, then a 64-bit finaliser.
 
     Deterministic across processes and machines (unlike Python's hash), so every worker puts a
-    person in the same partition."""
+    person in the same partition. Vectorised per distinct string length (person numbers usually
+    have one or a few): no per-byte arrays."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
-    arr = arr.cast(pa.large_string())
+    if pa.types.is_dictionary(arr.type):
+        return hash_strings(arr.dictionary)[np.asarray(arr.indices.fill_null(0))]
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        arr = arr.cast(pa.string())
     n = len(arr)
     bufs = arr.buffers()
-    offs = np.frombuffer(bufs[1], dtype=np.int64)[arr.offset:arr.offset + n + 1]
+    offs = np.frombuffer(bufs[1], dtype=np.int64 if pa.types.is_large_string(arr.type) else np.int32)
+    offs = offs[arr.offset:arr.offset + n + 1].astype(np.int64)
     data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
-    start = offs[:-1]
     lengths = np.diff(offs)
-    lo, hi = (int(offs[0]), int(offs[-1])) if n else (0, 0)
-    h = np.zeros(n, dtype=np.uint64)
-    if hi > lo:
-        pos = np.arange(hi - lo, dtype=np.int64) - np.repeat(start - lo, lengths)
-        powers = np.cumprod(np.full(int(lengths.max()), _P, dtype=np.uint64))
-        terms = (data[lo:hi].astype(np.uint64) + np.uint64(1)) * powers[pos]
-        nonempty = lengths > 0
-        h[nonempty] = np.add.reduceat(terms, (start - lo)[nonempty])
-    h ^= lengths.astype(np.uint64)
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xFF51AFD7ED558CCD)
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xC4CEB9FE1A85EC53)
-    h ^= h >> np.uint64(33)
+    h = lengths.astype(np.uint64) * _K
+    with np.errstate(over="ignore"):
+        for length in (np.unique(lengths).tolist() if n else []):
+            if length == 0:
+                continue
+            words = (length + 7) // 8
+            if lengths[0] == length and lengths[-1] == length and offs[-1] - offs[0] == n * length:
+                rows = slice(None)              # every string this long: the bytes are an n x length matrix
+                mat = data[offs[0]:offs[-1]].reshape(n, length)
+            else:
+                rows = np.flatnonzero(lengths == length)
+                mat = data[offs[rows][:, None] + np.arange(length)]
+            padded = np.zeros((mat.shape[0], words * 8), np.uint8)
+            padded[:, :length] = mat
+            w = padded.view("<u8")
+            hh = h[rows]
+            for k in range(words):
+                hh = (hh ^ w[:, k]) * _M
+                hh ^= hh >> np.uint64(31)
+            h[rows] = hh
+        h ^= h >> np.uint64(33)
+        h *= np.uint64(0xFF51AFD7ED558CCD)
+        h ^= h >> np.uint64(33)
+        h *= np.uint64(0xC4CEB9FE1A85EC53)
+        h ^= h >> np.uint64(33)
     return h
 
 
@@ -263,7 +285,7 @@ def _check_columns(batch: pa.Table, fields, first_row: int, source: str, mapper=
     out = {}
     for name, typ, required, _ in fields:
         try:
-            col = _column(batch, name, typ, required, source)
+            col = _column(batch, name, typ, required, source, combine=False)
         except InputError as e:
             raise _shift(e, row=None if e.row is None else e.row + first_row - 1) from None
         if col is not None:
@@ -300,23 +322,42 @@ def _read_rows(path, first_row: int, n: int, columns=None) -> pa.Table:
     return f.read_row_groups(groups, columns=columns).slice(skip, n)
 
 
-def partition_chunk(plan: Plan, work: str, chunk: tuple, n_parts: int, index: int) -> dict:
+# Columns of the visit schema the re-settlement does not use: checked for their type from the
+# file's schema, read only when that type is not already the schema's (to name a bad value).
+_UNUSED = {"fixmedins_code"}
+# Pass-1 files: Arrow IPC, LZ4 (written and read at memory speed; they live for one run).
+_IPC_WRITE = pa.ipc.IpcWriteOptions(compression="lz4")
+
+
+def _columns_to_read(f: pq.ParquetFile, fields) -> list:
+    schema = f.schema_arrow
+    have = set(schema.names)
+    return [name for name, typ, _, _ in fields
+            if name in have and not (name in _UNUSED and schema.field(name).type == typ)]
+
+
+def partition_chunk(plan: Plan, work: str, chunk: tuple, n_parts: int, index: int, threads: bool = True) -> dict:
     """Pass 1 for one run of row groups: check the columns, attach the old results, write each
-    partition's share to work/pNNNN/cNNNNN.parquet. Returns counts and the chunk's rows."""
+    partition's share to work/pNNNN/cNNNNN.arrow. Returns counts and the chunk's rows."""
     g0, g1, first_row = chunk
     f = pq.ParquetFile(plan.visits)
-    table = f.read_row_groups(list(range(g0, g1)))
+    fields = VISIT_FIELDS + (PRECOMPUTED_FIELDS if plan.lines is None else [])
+    table = f.read_row_groups(list(range(g0, g1)), columns=_columns_to_read(f, fields), use_threads=threads)
     n = table.num_rows
     src = str(plan.visits)
-    fields = VISIT_FIELDS + (PRECOMPUTED_FIELDS if plan.lines is None else [])
     cols = _check_columns(table, fields, first_row + 1, src)
+    for name in _UNUSED:
+        cols.pop(name, None)
+    del table
     table = pa.table({**cols, _ROW: pa.array(np.arange(first_row + 1, first_row + n + 1, dtype=np.int64))})
+    del cols
     if plan.old_results:
         table = _attach_old(table, plan.old_results, first_row, src)
     part = partition_of(table.column("psn_no"), n_parts)
-    order = np.argsort(part, kind="stable")
+    order = np.argsort(part.astype(np.int16) if n_parts < 2**15 else part, kind="stable")
     bounds = np.searchsorted(part[order], np.arange(n_parts + 1))
     sorted_table = table.take(pa.array(order))
+    del table
     counts = []
     for p in range(n_parts):
         piece = sorted_table.slice(bounds[p], bounds[p + 1] - bounds[p])
@@ -324,7 +365,8 @@ def partition_chunk(plan: Plan, work: str, chunk: tuple, n_parts: int, index: in
         if piece.num_rows:
             d = Path(work) / f"p{p:04d}"
             d.mkdir(parents=True, exist_ok=True)
-            pq.write_table(piece, d / f"c{index:05d}.parquet")
+            with pa.ipc.new_file(d / f"c{index:05d}.arrow", piece.schema, options=_IPC_WRITE) as w:
+                w.write_table(piece)
     return {"rows": n, "counts": counts}
 
 
@@ -389,10 +431,11 @@ def partition_lines(plan: Plan, work: str, n_parts: int, progress=None) -> None:
 
 # --- pass 2: settle a partition, old and new ------------------------------------------------
 
-def _month(setl_time) -> pa.Array:
-    secs = np.asarray(setl_time.cast(pa.timestamp("s")).cast(pa.int64()))
-    months = secs.astype("datetime64[s]").astype("datetime64[M]").astype(np.int64)
-    return pa.array(((months // 12 + 1970) * 100 + months % 12 + 1).astype(np.int32))
+def _month(days) -> pa.Array:
+    """yyyymm of int64 days since 1970-01-01."""
+    from .adapter import _civil
+    y, m, _ = _civil(days)
+    return pa.array((y * 100 + m).astype(np.int32))
 
 
 def _check_order(visits: pa.Table, source: str) -> None:
@@ -418,60 +461,171 @@ def _check_order(visits: pa.Table, source: str) -> None:
                          mdtrt_id=visits.column("mdtrt_id")[i].as_py(), source=source)
 
 
+def _in_file_order(batch) -> bool:
+    """The prepared processing order (person, settlement time, row) keeps every person's rows in
+    file order, i.e. no person's visit is settled earlier than their previous row (rows ascend)."""
+    if batch.n < 2:
+        return True
+    same = batch.psn_slot[1:] == batch.psn_slot[:-1]
+    return not np.any(same & (batch.order[1:] < batch.order[:-1]))
+
+
+_OUT = {name: k for k, name in enumerate(OUT_COLS)}
+_COMPARED_ROWS = [_OUT[c] for c in COMPARED]
+
+
+def _side(settler, raw, inverse):
+    """(compared columns (len(COMPARED), n) in processing order, version labels, status names in
+    input order) of one side. Labels are dictionary arrays over every label of the pack (status:
+    every status), so any partition of any run has the same dictionaries."""
+    from .api import _STATUS_NAMES
+    values = raw.out[_COMPARED_ROWS]
+    version = pa.DictionaryArray.from_arrays(pa.array(raw.prep.version[inverse]),
+                                             pa.array(settler._labels, pa.string()))
+    names = pa.array([_STATUS_NAMES[i] for i in range(len(_STATUS_NAMES))], pa.string())
+    status = pa.DictionaryArray.from_arrays(pa.array(raw.status[inverse].astype(np.int32)), names)
+    return values, version, status
+
+
+def _to_input_order(values: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Rows of values (processing order) in input order: a scatter per row (faster than a 2-D gather)."""
+    out = np.empty_like(values)
+    for k in range(values.shape[0]):
+        out[k][order] = values[k]
+    return out
+
+
 def settle_partition(plan: Plan, visits: pa.Table, lines: pa.Table | None = None):
     """(per-visit deltas, per-person totals, summary partial, gain histogram) of one partition.
 
-    All of a person's visits are in ``visits``; row numbers of errors are the input file's."""
+    All of a person's visits are in ``visits``, in file order; row numbers of errors are the
+    input file's. The visits are prepared once (Settler.prepare) and settled under each side."""
     src = str(plan.visits)
-    _check_order(visits, src)
     rows = np.asarray(visits.column(_ROW), dtype=np.int64)
     line_no = np.asarray(lines.column(_LINE), dtype=np.int64) if lines is not None else None
 
-    def run(settler):
-        try:
-            return settler.settle_table(visits, lines, source=src, line_source=str(plan.lines or "lines")).table
-        except InputError as e:
-            raise _shift(e, row=None if e.row is None else int(rows[e.row - 1]),
-                         line=None if e.line is None or line_no is None else int(line_no[e.line - 1])) from None
+    def shifted(e):
+        return _shift(e, row=None if e.row is None else int(rows[e.row - 1]),
+                      line=None if e.line is None or line_no is None else int(line_no[e.line - 1]))
 
+    if rows.size > 1 and not np.all(rows[1:] > rows[:-1]):
+        order = np.argsort(rows, kind="stable")
+        visits, rows = visits.take(pa.array(order)), rows[order]
     new_settler = plan.new.settler()
-    new = run(new_settler)
-    n = visits.num_rows
-    region = (visits.column("insu_admdvs").fill_null(new_settler.pack.region) if "insu_admdvs" in visits.column_names
-              else pa.array([new_settler.pack.region] * n, pa.string()))
-    cols = {"mdtrt_id": visits.column("mdtrt_id"), "psn_no": visits.column("psn_no"),
-            "insutype": visits.column("insutype"), "region": region,
-            "medins_lv": visits.column("medins_lv"), "med_type": visits.column("med_type"),
-            "month": _month(visits.column("setl_time")), "row": visits.column(_ROW),
-            "medfee_sumamt": new.column("medfee_sumamt")}
+    try:
+        batch = new_settler.prepare(visits, lines, source=src, line_source=str(plan.lines or "lines"))
+    except InputError as e:
+        _check_order(visits, src)           # unsorted visits are reported first, as always
+        raise shifted(e) from None
+    if not _in_file_order(batch):
+        _check_order(visits, src)
+
+    def settle(settler, out):
+        try:
+            return settler.settle_raw(batch, out=out)
+        except InputError as e:
+            raise shifted(e) from None
+
+    n, order = batch.n, batch.order
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[order] = np.arange(n)
+    raw = settle(new_settler, None)
+    medfee = np.empty(n, np.int64)
+    medfee[order] = raw.out[_OUT["medfee_sumamt"]]
+    new_p, new_version, new_status = _side(new_settler, raw, inverse)
+    buffer = raw.out
+    del raw
     if plan.old is not None:
-        old = run(plan.old.settler())
-        cols["old_version"] = old.column("policy_version").cast(pa.string())
-        cols["old_status"] = old.column("status").cast(pa.string())
-        old_of = {c: np.asarray(old.column(c)) for c in COMPARED}
+        old_settler = plan.old.settler()
+        raw = settle(old_settler, buffer)
+        old_p, old_version, old_status = _side(old_settler, raw, inverse)
+        del raw
     else:
+        old_settler = None
         fee = np.asarray(visits.column("old_medfee_sumamt"))
-        bad = np.flatnonzero(fee != np.asarray(new.column("medfee_sumamt")))
+        bad = np.flatnonzero(fee != medfee)
         if bad.size:
             i = int(np.argmin(rows[bad]))
             i = int(bad[i])
             raise InputError("medfee_sumamt", "the old result's total differs from the visit's "
-                             f"({int(np.asarray(new.column('medfee_sumamt'))[i])})", int(fee[i]),
+                             f"({int(medfee[i])})", int(fee[i]),
                              row=int(rows[i]), mdtrt_id=visits.column("mdtrt_id")[i].as_py(),
                              source=str(plan.old_results))
-        cols["old_version"] = visits.column("old_version")
-        cols["old_status"] = visits.column("old_status")
-        old_of = {c: np.asarray(visits.column(f"old_{c}")) for c in COMPARED}
-    cols["new_version"] = new.column("policy_version").cast(pa.string())
-    cols["new_status"] = new.column("status").cast(pa.string())
-    for c in COMPARED:
-        o, w = old_of[c], np.asarray(new.column(c))
-        cols[f"old_{c}"] = pa.array(o)
-        cols[f"new_{c}"] = pa.array(w)
-        cols[f"delta_{c}"] = pa.array(w - o)
+        old_version, old_status = visits.column("old_version"), visits.column("old_status")
+        old_p = np.empty((len(COMPARED), n), np.int64)
+        for k, c in enumerate(COMPARED):
+            old_p[k] = np.asarray(visits.column(f"old_{c}"), dtype=np.int64)[order]
+    del buffer
+    delta_p = new_p - old_p
+    persons = _person_totals(batch, delta_p)
+    new_v = _to_input_order(new_p, order)
+    del new_p
+    old_v = _to_input_order(old_p, order)
+    del old_p
+    delta = _to_input_order(delta_p, order)
+    del delta_p
+    region = (visits.column("insu_admdvs").fill_null(new_settler.pack.region) if "insu_admdvs" in visits.column_names
+              else pa.repeat(pa.scalar(new_settler.pack.region, pa.string()), n))
+    cols = {"mdtrt_id": visits.column("mdtrt_id"), "psn_no": visits.column("psn_no"),
+            "insutype": visits.column("insutype"), "region": region,
+            "medins_lv": visits.column("medins_lv"), "med_type": visits.column("med_type"),
+            "month": _month(batch.setl), "row": visits.column(_ROW),
+            "medfee_sumamt": pa.array(medfee),
+            "old_version": old_version, "old_status": old_status,
+            "new_version": new_version, "new_status": new_status}
+    for k, c in enumerate(COMPARED):
+        cols[f"old_{c}"] = pa.array(old_v[k])
+        cols[f"new_{c}"] = pa.array(new_v[k])
+        cols[f"delta_{c}"] = pa.array(delta[k])
     per_visit = pa.table(cols)
-    persons = person_totals(per_visit)
     return per_visit, persons, summary_partial(per_visit), gain_histogram(persons)
+
+
+def _rank(strings: pa.Array) -> np.ndarray:
+    """Position of each string in binary (UTF-8 byte) order."""
+    rank = np.empty(len(strings), dtype=np.int64)
+    rank[np.asarray(pc.sort_indices(strings))] = np.arange(len(strings))
+    return rank
+
+
+def _person_totals(batch, delta: np.ndarray) -> pa.Table:
+    """person_totals from the prepared batch (visits grouped by person in processing order) and
+    the deltas (len(COMPARED), n) in processing order: no string grouping, no Python per person."""
+    n = batch.n
+    if n == 0:
+        return _empty_persons()
+    ins_dict, ins_idx = batch.codes["insutype"]
+    n_ins = len(ins_dict)
+    order = batch.order
+    key = batch.psn_slot.astype(np.int64) * n_ins + ins_idx[order]
+    if np.all(key[1:] >= key[:-1]):                # one scheme per person: already grouped
+        ks = key
+    else:
+        srt = np.argsort(key, kind="stable")
+        ks, delta = key[srt], np.take(delta, srt, axis=1)
+    starts = np.flatnonzero(np.concatenate(([True], ks[1:] != ks[:-1])))
+    sums = np.add.reduceat(delta, starts, axis=1)
+    changed = np.add.reduceat((delta[COMPARED.index("fund_pay_sumamt")] != 0).astype(np.int64), starts)
+    visits = np.diff(np.append(starts, n))
+    g_psn, g_ins = ks[starts] // n_ins, ks[starts] % n_ins
+    final = np.lexsort((_rank(ins_dict)[g_ins], _rank(batch.psn_names)[g_psn]))
+    cols = {"psn_no": batch.psn_names.take(pa.array(g_psn[final])),
+            "insutype": ins_dict.take(pa.array(g_ins[final])),
+            "visits": pa.array(visits[final].astype(np.int64)), "visits_changed": pa.array(changed[final])}
+    for k, c in enumerate(COMPARED):
+        cols[f"delta_{c}"] = pa.array(sums[k][final])
+    net = -sums[COMPARED.index("psn_part_amt")][final]
+    cols["owed"] = pa.array(np.maximum(net, 0))
+    cols["recovered"] = pa.array(np.maximum(-net, 0))
+    return pa.table(cols)
+
+
+def _empty_persons() -> pa.Table:
+    cols = {"psn_no": pa.array([], pa.string()), "insutype": pa.array([], pa.string()),
+            "visits": pa.array([], pa.int64()), "visits_changed": pa.array([], pa.int64())}
+    cols.update({f"delta_{c}": pa.array([], pa.int64()) for c in COMPARED})
+    cols.update({"owed": pa.array([], pa.int64()), "recovered": pa.array([], pa.int64())})
+    return pa.table(cols)
 
 
 def person_totals(per_visit: pa.Table) -> pa.Table:
@@ -511,7 +665,8 @@ def summary_partial(per_visit: pa.Table) -> pa.Table:
     cols["medfee_sumamt"] = per_visit.column("medfee_sumamt")
     for c in COMPARED:
         o, w = np.asarray(per_visit.column(f"old_{c}")), np.asarray(per_visit.column(f"new_{c}"))
-        cols[f"old_{c}"], cols[f"new_{c}"], cols[f"delta_{c}"] = pa.array(o), pa.array(w), pa.array(w - o)
+        cols[f"old_{c}"], cols[f"new_{c}"] = per_visit.column(f"old_{c}"), per_visit.column(f"new_{c}")
+        cols[f"delta_{c}"] = per_visit.column(f"delta_{c}")
         if c in FUNDS or c == "fund_pay_sumamt":
             cols[f"old_n_{c}"] = pa.array((o > 0).astype(np.int64))
             cols[f"new_n_{c}"] = pa.array((w > 0).astype(np.int64))
@@ -552,16 +707,42 @@ def add_histograms(hists: list) -> dict:
                    "owed_total": 0, "recovered_total": 0, "persons_owed": 0, "persons_recovered": 0}
 
 
-def settle_part_files(plan: Plan, work: str, part: int) -> tuple:
+# Output Parquet (measured in docs/resettle.md): integers delta-encoded without dictionaries (an
+# amount rarely repeats enough to pay for the hash; runs of zeros and the ascending row pack to
+# a few bits), the string keys with dictionaries, LZ4.
+_DICT_COLUMNS = ["insutype", "region", "medins_lv", "med_type", "old_version", "old_status", "new_version",
+                 "new_status"]
+
+
+def _write_options(table: pa.Table, row_group_size=None) -> dict:
+    ints = [f.name for f in table.schema if pa.types.is_integer(f.type)]
+    strings = [f.name for f in table.schema if f.name in _DICT_COLUMNS]
+    opts = {"compression": "lz4", "use_dictionary": strings,
+            "column_encoding": {name: "DELTA_BINARY_PACKED" for name in ints}}
+    if row_group_size:
+        opts["row_group_size"] = row_group_size
+    return opts
+
+
+def _read_ipc(files, threads=True) -> pa.Table:
+    options = pa.ipc.IpcReadOptions(use_threads=threads)
+    tables = []
+    for f in files:
+        with pa.memory_map(str(f)) as source:
+            tables.append(pa.ipc.open_file(source, options=options).read_all())
+    return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+
+
+def settle_part_files(plan: Plan, work: str, part: int, threads: bool = True) -> tuple:
     """Pass 2 for one partition, from its pass-1 files to its output parts. Returns the small
     results (summary partial, histogram); the per-visit and per-person tables go to files."""
     d = Path(work) / f"p{part:04d}"
-    files = sorted(d.glob("c*.parquet")) if d.exists() else []
+    files = sorted(d.glob("c*.arrow")) if d.exists() else []
     if not files:
         return None, add_histograms([])
-    visits = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
+    visits = _read_ipc(files, threads)
     lines_path = Path(work) / f"lines-p{part:04d}.parquet"
-    lines = pq.read_table(lines_path) if plan.lines and lines_path.exists() else None
+    lines = pq.read_table(lines_path, use_threads=threads) if plan.lines and lines_path.exists() else None
     if plan.lines and lines is None:
         lines = _empty_lines()
     per_visit, persons, summary, hist = settle_partition(plan, visits, lines)
@@ -569,8 +750,9 @@ def settle_part_files(plan: Plan, work: str, part: int) -> tuple:
     out = Path(work) / "out"
     (out / "visits").mkdir(parents=True, exist_ok=True)
     (out / "persons").mkdir(parents=True, exist_ok=True)
-    pq.write_table(per_visit.sort_by("row"), out / "visits" / f"part-{part:04d}.parquet", row_group_size=256_000)
-    pq.write_table(persons, out / "persons" / f"part-{part:04d}.parquet")
+    pq.write_table(per_visit, out / "visits" / f"part-{part:04d}.parquet", **_write_options(per_visit, 256_000))
+    del per_visit
+    pq.write_table(persons, out / "persons" / f"part-{part:04d}.parquet", **_write_options(persons))
     return summary, hist
 
 
@@ -643,8 +825,95 @@ def check_plan(plan: Plan) -> None:
         raise InputError("path", "re-settlement reads Parquet (row groups bound its memory)", str(plan.visits))
 
 
+# Below this many visits a run stays in one process (starting workers costs more than it saves).
+MIN_ROWS_PER_PROCESS = 250_000
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def processes_for(plan: Plan, n_rows: int, n_parts: int) -> int:
+    """Worker processes of a single-machine run: plan.processes, else one per usable core, at most
+    one per partition and one per MIN_ROWS_PER_PROCESS visits."""
+    if plan.processes:
+        return max(1, plan.processes)
+    return max(1, min(usable_cpus(), n_parts, n_rows // MIN_ROWS_PER_PROCESS))
+
+
+def _carried(fn, *args):
+    """Run fn; an InputError comes back as its fields (it does not survive pickling as an exception)."""
+    try:
+        return {"ok": fn(*args)}
+    except InputError as e:
+        return {"error": (e.field, e.rule, e.value, e.row, e.line, e.mdtrt_id, e.source)}
+
+
+def _raise_carried(result):
+    if "error" in result:
+        field, rule, value, row, line, mdtrt_id, source = result["error"]
+        raise InputError(field, rule, value, row=row, line=line, mdtrt_id=mdtrt_id, source=source)
+    return result["ok"]
+
+
+def _settle_and_clean(plan, work, part, threads=True):
+    result = settle_part_files(plan, work, part, threads)
+    shutil.rmtree(Path(work) / f"p{part:04d}", ignore_errors=True)
+    return result
+
+
+def run_tasks(pool, fn, tasks: list, advance=None) -> list:
+    """fn(*args) for every args in tasks, in the pool (or here, in order, when pool is None).
+    Results in task order. An InputError is raised for the first failing task in task order (the
+    error a run one task after another reports); tasks after it are cancelled, every task already
+    running is waited for (none may still write into the work directory when it is removed)."""
+    if pool is None:
+        results = []
+        for args in tasks:
+            results.append(fn(*args))
+            if advance:
+                advance()
+        return results
+    from concurrent.futures import as_completed
+    futures = {pool.submit(_carried, fn, *args): k for k, args in enumerate(tasks)}
+    by_index = {k: f for f, k in futures.items()}
+    results, failed = [None] * len(tasks), None
+    for f in as_completed(futures):
+        if f.cancelled():
+            continue
+        k = futures[f]
+        r = f.result()
+        if "error" in r:
+            if failed is None or k < failed:
+                failed = k
+                for j in range(k + 1, len(tasks)):
+                    by_index[j].cancel()
+            continue
+        results[k] = r["ok"]
+        if advance:
+            advance()
+    if failed is not None:
+        _raise_carried(by_index[failed].result())
+    return results
+
+
+def _pool(processes: int):
+    """A process pool of `processes` workers, or None for one (the run stays in this process).
+    Workers are forked where the platform allows it: they inherit the compiled packs."""
+    if processes <= 1:
+        return contextlib.nullcontext(None)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context(method))
+
+
 def resettle(plan: Plan, out_dir, progress=None, report=None) -> Outcome:
-    """Run both passes in this process. progress: optional rich Progress."""
+    """Run both passes on this machine: in this process, or in plan.processes worker processes
+    (default: one per core for a large file). progress: optional rich Progress."""
     check_plan(plan)
     plan.new.settler()
     if plan.old is not None:
@@ -659,23 +928,22 @@ def resettle(plan: Plan, out_dir, progress=None, report=None) -> Outcome:
                                  None, source=str(plan.old_results))
         n_parts = plan.n_partitions or n_partitions_for(n_rows, plan.partition_rows)
         chunks = chunks_of(plan.visits, max(1, plan.partition_rows))
-        task = progress.add_task("split by person", total=len(chunks)) if progress else None
-        for k, chunk in enumerate(chunks):
-            partition_chunk(plan, str(work), chunk, n_parts, k)
-            if progress:
-                progress.update(task, advance=1)
-        if plan.lines:
-            lt = progress.add_task("split line items", total=None) if progress else None
-            partition_lines(plan, str(work), n_parts, (lambda: progress.update(lt, advance=1)) if progress else None)
-        task = progress.add_task(f"settle old and new, {n_parts} partitions", total=n_parts) if progress else None
-        summaries, hists = [], []
-        for p in range(n_parts):
-            s, h = settle_part_files(plan, str(work), p)
-            summaries.append(s)
-            hists.append(h)
-            shutil.rmtree(work / f"p{p:04d}", ignore_errors=True)
-            if progress:
-                progress.update(task, advance=1)
+        processes = processes_for(plan, n_rows, n_parts)
+        threads = processes == 1           # one worker per core: no Arrow threads within a task
+        with _pool(processes) as pool:
+            label = "split by person" + (f" ({processes} processes)" if processes > 1 else "")
+            task = progress.add_task(label, total=len(chunks)) if progress else None
+            run_tasks(pool, partition_chunk, [(plan, str(work), c, n_parts, k, threads) for k, c in enumerate(chunks)],
+                      (lambda: progress.update(task, advance=1)) if progress else None)
+            if plan.lines:
+                lt = progress.add_task("split line items", total=None) if progress else None
+                partition_lines(plan, str(work), n_parts,
+                                (lambda: progress.update(lt, advance=1)) if progress else None)
+            task = progress.add_task(f"settle old and new, {n_parts} partitions", total=n_parts) if progress else None
+            results = run_tasks(pool, _settle_and_clean, [(plan, str(work), p, threads) for p in range(n_parts)],
+                                (lambda: progress.update(task, advance=1)) if progress else None)
+        summaries = [s for s, _ in results]
+        hists = [h for _, h in results]
         return finish(work, out, plan, combine_summaries(summaries), add_histograms(hists), n_rows, n_parts, report)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)

@@ -15,42 +15,20 @@ Needs the optional extra ``dask`` (dask[dataframe], distributed).
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from .errors import InputError
-from .resettle import (Plan, add_histograms, check_plan, chunks_of, combine_summaries, finish, n_partitions_for,
-                       partition_chunk, partition_lines, prepare_work, settle_part_files)
-
-
-def _carried(fn, *args):
-    """Run fn; an InputError comes back as its fields (it does not survive pickling as an exception)."""
-    try:
-        return {"ok": fn(*args)}
-    except InputError as e:
-        return {"error": (e.field, e.rule, e.value, e.row, e.line, e.mdtrt_id, e.source)}
-
-
-def _raise_carried(result):
-    if "error" in result:
-        field, rule, value, row, line, mdtrt_id, source = result["error"]
-        raise InputError(field, rule, value, row=row, line=line, mdtrt_id=mdtrt_id, source=source)
-    return result["ok"]
+from .resettle import (Plan, _carried, _raise_carried, _settle_and_clean, add_histograms, check_plan, chunks_of,
+                       combine_summaries, finish, n_partitions_for, partition_chunk, partition_lines, prepare_work)
 
 
 def _pass1(plan, work, chunk, n_parts, index):
-    return _carried(partition_chunk, plan, work, chunk, n_parts, index)
-
-
-def _settle_and_clean(plan, work, part):
-    result = settle_part_files(plan, work, part)
-    shutil.rmtree(Path(work) / f"p{part:04d}", ignore_errors=True)
-    return result
+    return _carried(partition_chunk, plan, work, chunk, n_parts, index, False)
 
 
 def _pass2(plan, work, part):
-    return _carried(_settle_and_clean, plan, work, part)
+    return _carried(_settle_and_clean, plan, work, part, False)
 
 
 def _all_done(futures, progress, task):
