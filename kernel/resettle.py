@@ -336,21 +336,38 @@ def _columns_to_read(f: pq.ParquetFile, fields) -> list:
             if name in have and not (name in _UNUSED and schema.field(name).type == typ)]
 
 
+# String columns of few distinct values (codes, regions, diagnoses) travel through pass 1 as
+# dictionaries: read as such from the Parquet pages, moved as indices, decoded in pass 2.
+_ID_COLUMNS = ("mdtrt_id", "psn_no")
+_DICT_STRING = pa.dictionary(pa.int32(), pa.string())
+
+
+def _dictionary_columns(f: pq.ParquetFile, fields) -> list:
+    schema = f.schema_arrow
+    return [name for name, typ, _, _ in fields if typ == pa.string() and name not in _ID_COLUMNS
+            and name in schema.names and schema.field(name).type == pa.string()]
+
+
 def partition_chunk(plan: Plan, work: str, chunk: tuple, n_parts: int, index: int, threads: bool = True) -> dict:
     """Pass 1 for one run of row groups: check the columns, attach the old results, write each
     partition's share to work/pNNNN/cNNNNN.arrow. Returns counts and the chunk's rows."""
     g0, g1, first_row = chunk
-    f = pq.ParquetFile(plan.visits)
     fields = VISIT_FIELDS + (PRECOMPUTED_FIELDS if plan.lines is None else [])
+    f = pq.ParquetFile(plan.visits)
+    as_dict = _dictionary_columns(f, fields)
+    f = pq.ParquetFile(plan.visits, read_dictionary=as_dict)
     table = f.read_row_groups(list(range(g0, g1)), columns=_columns_to_read(f, fields), use_threads=threads)
     n = table.num_rows
     src = str(plan.visits)
-    cols = _check_columns(table, fields, first_row + 1, src)
+    checked = [(name, _DICT_STRING if name in as_dict else typ, required, doc) for name, typ, required, doc in fields]
+    cols = _check_columns(table, checked, first_row + 1, src)
     for name in _UNUSED:
         cols.pop(name, None)
     del table
     table = pa.table({**cols, _ROW: pa.array(np.arange(first_row + 1, first_row + n + 1, dtype=np.int64))})
     del cols
+    if as_dict:
+        table = table.unify_dictionaries()
     if plan.old_results:
         table = _attach_old(table, plan.old_results, first_row, src)
     part = partition_of(table.column("psn_no"), n_parts)
@@ -729,7 +746,10 @@ def _read_ipc(files, threads=True) -> pa.Table:
     tables = []
     for f in files:
         with pa.memory_map(str(f)) as source:
-            tables.append(pa.ipc.open_file(source, options=options).read_all())
+            t = pa.ipc.open_file(source, options=options).read_all()
+        # decode the dictionary columns of pass 1: the partition is the visits as checked
+        tables.append(t.cast(pa.schema([pa.field(x.name, x.type.value_type) if pa.types.is_dictionary(x.type) else x
+                                        for x in t.schema])))
     return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
 
 
