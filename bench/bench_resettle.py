@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNS = {"single": ("single machine", 0), "dask1": ("dask 1 worker", 1), "dask2": ("dask 2 workers", 2)}
+RUNS = {"single": ("single machine", 0), "single1": ("one process", 0), "dask1": ("dask 1 worker", 1),
+        "dask2": ("dask 2 workers", 2)}
 
 
 class LineProgress:
@@ -52,11 +53,11 @@ def child(args):
     sys.path.insert(0, str(ROOT))
     from kernel.resettle import Plan, PolicySpec, resettle
     plan = Plan(visits=args.visits_path, new=PolicySpec(None, "2013-aug"), old=PolicySpec(),
-                partition_rows=args.partition_rows, processes=args.processes)
+                partition_rows=args.partition_rows, processes=1 if args.run == "single1" else args.processes)
     label = RUNS[args.run][0]
     progress = LineProgress(label)
     extra = {}
-    if args.run == "single":
+    if args.run in ("single", "single1"):
         plan.new.settler(), plan.old.settler()            # packs compiled before the clock starts
         t0 = time.perf_counter()
         outcome = resettle(plan, args.out, progress=progress)
@@ -123,9 +124,11 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--visits", type=int, default=10_000_000)
     p.add_argument("--dir", default="/tmp/medsettle-bench", help="input and outputs (default %(default)s)")
-    p.add_argument("--partition-rows", type=int, default=1_000_000)
+    p.add_argument("--partition-rows", type=int, default=500_000)
     p.add_argument("--processes", type=int, default=0, help="worker processes of the single-machine run (0: per core)")
-    p.add_argument("--runs", default="single,dask1,dask2", help="which runs (default %(default)s)")
+    p.add_argument("--runs", default="single,single1,dask1,dask2",
+                   help="which runs: single (worker processes), single1 (one process), dask1, dask2 "
+                        "(default %(default)s)")
     p.add_argument("--json", default=str(ROOT / "out" / "bench_resettle.json"))
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--run", help=argparse.SUPPRESS)
@@ -161,10 +164,10 @@ def main():
 
     print(f"\nre-settlement of {args.visits:,} visits (2013 under the August rules vs as enacted), "
           f"{psutil.cpu_count()} cores, load {load_before[0]:.2f} before / {load_after[0]:.2f} after")
-    print(f"{'run':<18}{'wall s':>9}{'peak RSS GiB':>14}{'visits/s':>14}")
+    print(f"{'run':<28}{'wall s':>9}{'peak RSS GiB':>14}{'visits/s':>14}")
     for key, r in results.items():
         label = RUNS[key][0] + (f" ({r['processes']} proc.)" if "processes" in r else "")
-        print(f"{label:<18}{r['wall']:9.1f}{r['peak_rss'] / 2**30:14.2f}{r['visits_per_s']:14,.0f}")
+        print(f"{label:<28}{r['wall']:9.1f}{r['peak_rss'] / 2**30:14.2f}{r['visits_per_s']:14,.0f}")
     summary = {"visits": args.visits, "partition_rows": args.partition_rows, "runs": results,
                "cores": psutil.cpu_count(), "load_before": load_before, "load_after": load_after,
                "python": platform.python_version(), "pyarrow": pyarrow.__version__,
@@ -173,6 +176,9 @@ def main():
         ratio = results["dask1"]["wall"] / results["dask2"]["wall"]
         summary["dask_2_vs_1"] = ratio
         print(f"dask 2 workers vs 1: {ratio:.2f}x (target >= 1.6x)")
+    if "single" in results and "single1" in results:
+        summary["single_vs_one_process"] = results["single1"]["wall"] / results["single"]["wall"]
+        print(f"single machine vs one process: {summary['single_vs_one_process']:.2f}x")
     if "single" in results:
         s = results["single"]
         print(f"single machine: {s['wall']:.1f} s (target < 20 s), peak {s['peak_rss'] / 2**30:.2f} GiB "

@@ -57,7 +57,7 @@ DEFAULT_FUND_LAYERS = ["hifp_pay", "hifob_pay", "hifmi_pay"]
 SURPLUS_LIMIT_BP, CUMULATIVE_LIMIT_BP = 1500, 2500
 # Patients' gain per person, in fen: the histogram's lower edges (report: how many gain how much).
 GAIN_EDGES = [1, 100_00, 1_000_00, 10_000_00, 100_000_00]
-DEFAULT_PARTITION_ROWS = 1_000_000
+DEFAULT_PARTITION_ROWS = 500_000
 
 _ROW = "_row"       # 1-based row of the visit in the input file, carried through the partitions
 _LINE = "_line"     # 1-based line of a line item in the lines file

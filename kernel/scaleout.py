@@ -1,8 +1,9 @@
 """Re-settlement on Dask: the two passes of kernel.resettle as tasks on a cluster.
 
 Pass 1 maps over runs of input row groups (each task splits its rows by hash(psn_no) into
-partition files); pass 2 maps over partitions (each task settles one partition, old and new, with
-the Cython kernel via Settler.settle_table, and writes its output part). A person's visits are all in
+partition files); pass 2 maps over partitions (each task prepares one partition once and settles
+it, old and new, with the Cython kernel via Settler.settle_raw, and writes its output part). Tasks
+run Arrow single-threaded: one task per worker thread is the unit of parallelism. A person's visits are all in
 one partition in settlement-time order, so the results are those of the single-process run, file
 for file. Workers need the input, the packs and the output directory on a shared path (NFS, a
 mounted bucket); only small summaries travel through the scheduler.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import shutil
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import InputError
@@ -29,6 +31,17 @@ def _pass1(plan, work, chunk, n_parts, index):
 
 def _pass2(plan, work, part):
     return _carried(_settle_and_clean, plan, work, part, False)
+
+
+def _aligned(table):
+    """A table received from a worker, copied into fresh (aligned) buffers: a pickled table's
+    buffers may be unaligned, which Acero (the summary's group-by) warns about."""
+    if table is None:
+        return None
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return pa.ipc.open_stream(pa.py_buffer(sink.getvalue().to_pybytes())).read_all()
 
 
 def _all_done(futures, progress, task):
@@ -80,7 +93,7 @@ def resettle_dask(plan: Plan, out_dir, scheduler="local", n_workers=2, progress=
         futures = [client.submit(_pass2, plan, str(work), p, pure=False) for p in range(n_parts)]
         _all_done(futures, progress, task)
         results = {p: _raise_carried(f.result()) for p, f in enumerate(futures)}
-        summaries = [results[p][0] for p in range(n_parts)]
+        summaries = [_aligned(results[p][0]) for p in range(n_parts)]
         hists = [results[p][1] for p in range(n_parts)]
         return finish(work, out, plan, combine_summaries(summaries), add_histograms(hists), n_rows, n_parts, report)
     except BaseException:

@@ -179,6 +179,48 @@ def test_partition_count_does_not_change_results(generated, tmp_path):
     assert runs[0].equals(runs[1])
 
 
+def test_worker_processes_give_the_same_outputs(generated, tmp_path):
+    """Partitions settled in two worker processes: the files of the one-process run."""
+    runs = []
+    for k, processes in enumerate((1, 2)):
+        plan = Plan(visits=str(generated), new=PolicySpec(None, "2013-aug"), old=PolicySpec(), partition_rows=5_000,
+                    processes=processes)
+        runs.append(resettle(plan, tmp_path / f"o{k}"))
+    for part in ("visits", "persons"):
+        assert pq.read_table(tmp_path / "o0" / part).equals(pq.read_table(tmp_path / "o1" / part))
+    assert runs[0].summary.equals(runs[1].summary) and runs[0].histogram == runs[1].histogram
+
+
+def test_prepared_once_settles_as_settle_table(generated, raised):
+    """Settler.prepare + settle_prepared (one preparation, two packs) is settle_table, for each pack."""
+    table = pq.read_table(generated).slice(0, 6_000)
+    old, new = PolicySpec().settler(), PolicySpec(raised).settler()
+    batch = old.prepare(table)
+    for settler in (new, old):
+        got, want = settler.settle_prepared(batch), settler.settle_table(table)
+        assert got.table.equals(want.table)
+        assert got.accumulators.equals(want.accumulators) and got.balances.equals(want.balances)
+
+
+def test_person_totals_from_the_batch_equal_the_group_by(generated, raised):
+    from kernel.resettle import person_totals
+    per_visit, persons, _, _ = resettle_tables(PolicySpec(raised), pq.read_table(generated), old=PolicySpec())
+    assert persons.equals(person_totals(per_visit))
+
+
+def test_hash_of_a_person_does_not_depend_on_the_array():
+    from kernel.resettle import hash_strings
+    names = ["530302P00000153", "P1", "", "a-much-longer-person-number-0001", "530302P00000154", "P1"]
+    h = hash_strings(pa.array(names))
+    assert h[1] == h[5] and len(set(h.tolist())) == 5
+    assert (hash_strings(pa.array(names, pa.large_string())) == h).all()
+    assert (hash_strings(pa.array(names).dictionary_encode()) == h).all()
+    assert (hash_strings(pa.chunked_array([names[:2], names[2:]])) == h).all()
+    assert (hash_strings(pa.array(names).slice(3)) == h[3:]).all()
+    same_length = pa.array([f"530302P{k:08d}" for k in range(50)])     # the one-length fast path
+    assert (hash_strings(same_length) == hash_strings(pa.array(same_length.to_pylist() + ["x"]))[:50]).all()
+
+
 # --- bad input files ----------------------------------------------------------------------------
 
 def refused(tmp_path, rows, capsys, field, row, edit=None):
