@@ -1039,6 +1039,8 @@ def add_subcommands(sub) -> None:
     r.add_argument("--out", default="out/resettle", help="output directory (default %(default)s)")
     r.add_argument("--partition-rows", type=int, default=DEFAULT_PARTITION_ROWS,
                    help="visits per partition: bounds memory (default %(default)s)")
+    r.add_argument("--processes", type=int, default=0,
+                   help="worker processes on this machine (default 0: one per core for a large file, else 1)")
     r.add_argument("--fund-income", type=float, help="the fund's income for the year, yuan: surplus ratios")
     r.add_argument("--carried-surplus", type=float, default=0.0, help="accumulated balance at the start of the year, yuan")
     r.add_argument("--enrollees", type=int, help="persons enrolled: benefit coverage (person-times / enrollees)")
@@ -1072,7 +1074,7 @@ def plan_from_args(args) -> Plan:
             raise InputError("--fund-layers", f"not a fund column (known: {', '.join(FUNDS)})", c)
     return Plan(visits=args.visits, new=PolicySpec(new_pack, args.new_version, catalogue), old=old,
                 old_results=args.old_results, lines=args.lines, partition_rows=args.partition_rows,
-                fund_layers=layers)
+                processes=max(0, args.processes), fund_layers=layers)
 
 
 def cmd_resettle(args) -> int:
