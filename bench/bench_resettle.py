@@ -6,7 +6,7 @@ same input.
     python bench/bench_resettle.py --visits 1000000 --runs single
 
 Each run is a fresh child process; this process samples the resident memory of the child and all
-its descendants (worker processes, Dask nanny and workers) every 50 ms: "peak RSS" is the peak of
+its descendants (worker processes, Dask nanny and workers) every 100 ms: "peak RSS" is the peak of
 that sum, the memory the run really held. Prints progress, a table (wall time, peak RSS, visits/s,
 Dask 2 workers vs 1) and writes JSON (default out/bench_resettle.json). Targets (issue 5): under
 20 s and 4 GiB for the single-machine run, Dask 2 workers at least 1.6x of 1.
@@ -108,7 +108,7 @@ def measured(cmd):
     def sample():
         while not done.is_set():
             peak[0] = max(peak[0], tree_rss(proc.pid))
-            done.wait(0.05)
+            done.wait(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
