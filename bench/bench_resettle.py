@@ -65,12 +65,17 @@ def child(args):
         from kernel.resettle import processes_for
         extra["processes"] = processes_for(plan, outcome.rows, outcome.partitions)
     else:
-        from distributed import Client, LocalCluster
-        from kernel.scaleout import resettle_dask
+        from distributed import Client
+        from kernel.scaleout import local_cluster, resettle_dask
         workers = RUNS[args.run][1]
         t_start = time.perf_counter()
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, memory_limit="6GiB")
+        if args.dask_trim:        # Dask's own default: MALLOC_TRIM_THRESHOLD_=65536 in the workers
+            from distributed import LocalCluster
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None, memory_limit="6GiB")
+        else:
+            cluster = local_cluster(workers, memory_limit="6GiB")
+        extra["dask_malloc_trim"] = bool(args.dask_trim)
         client = Client(cluster)
         extra["cluster_start_s"] = time.perf_counter() - t_start
         t0 = time.perf_counter()
@@ -130,6 +135,9 @@ def main():
                    help="which runs: single (worker processes), single1 (one process), dask1, dask2 "
                         "(default %(default)s)")
     p.add_argument("--json", default=str(ROOT / "out" / "bench_resettle.json"))
+    p.add_argument("--dask-trim", action="store_true",
+                   help="Dask workers with Dask's MALLOC_TRIM_THRESHOLD_=65536 (default: glibc's defaults, "
+                        "see kernel/scaleout.py)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--run", help=argparse.SUPPRESS)
     p.add_argument("--visits-path", help=argparse.SUPPRESS)
@@ -155,7 +163,7 @@ def main():
         print(f"{label}:", file=sys.stderr, flush=True)
         r, peak = measured([sys.executable, __file__, "--child", "--run", key, "--visits-path", str(visits),
                             "--out", str(d / f"out-{key}"), "--partition-rows", str(args.partition_rows),
-                            "--processes", str(args.processes)])
+                            "--processes", str(args.processes)] + (["--dask-trim"] if args.dask_trim else []))
         r["peak_rss"] = peak
         r["visits_per_s"] = r["rows"] / r["wall"]
         results[key] = r
