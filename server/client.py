@@ -1,4 +1,5 @@
-"""A small Python client for medsettle.v1 (needs grpcio and the generated stubs, not the kernel).
+"""A small Python client for medsettle.v1 (needs grpcio, grpcio-status and the generated stubs,
+not the kernel).
 
     from server.client import Client
     with Client("127.0.0.1:50051", token="...") as c:
@@ -7,7 +8,8 @@
 
 Visits and lines are dicts with the proto's field names (dates may be datetime.date); replies are
 dicts with every field present (money in fen). A failed call raises MedsettleError with the gRPC
-code, the message and the structured detail (field, line, reason, value).
+code, the message and the structured detail (field, line, reason, value), read from the call's
+google.rpc.Status with grpcio-status.
 """
 from __future__ import annotations
 
@@ -17,11 +19,10 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import json_format
+from grpc_status import rpc_status
 
 from . import settlement_pb2 as pb
 from . import settlement_pb2_grpc as pb_grpc
-
-DETAILS_KEY = "grpc-status-details-bin"
 
 
 class MedsettleError(Exception):
@@ -33,28 +34,23 @@ class MedsettleError(Exception):
         self.code, self.message, self.detail = code, message, detail or {}
 
 
-def error_detail(status_bytes: bytes | None) -> dict:
-    """The ErrorDetail carried in an RpcStatus (google.rpc.Status) trailer, as a dict."""
-    if not status_bytes:
-        return {}
-    status = pb.RpcStatus.FromString(status_bytes)
-    for any_ in status.details:
-        if any_.type_url.endswith("/" + pb.ErrorDetail.DESCRIPTOR.full_name):
-            return _dict(pb.ErrorDetail.FromString(any_.value))
-    return {}
-
-
 def from_rpc_error(err: grpc.RpcError) -> MedsettleError:
-    raw = None
-    for key, value in (err.trailing_metadata() or ()):
-        if key == DETAILS_KEY:
-            raw = value
-    return MedsettleError(err.code(), err.details(), error_detail(raw))
+    """The failed call's code and message, and the ErrorDetail packed in its google.rpc.Status
+    (none when gRPC itself ended the call, e.g. an expired deadline)."""
+    try:
+        status = rpc_status.from_call(err)
+    except ValueError:                 # a status trailer that disagrees with the call's status
+        status = None
+    detail = pb.ErrorDetail()
+    found = status is not None and any(any_.Unpack(detail) for any_ in status.details)
+    return MedsettleError(err.code(), err.details(), _dict(detail) if found else {})
 
 
-def status_error(status: pb.RpcStatus) -> MedsettleError:
-    code = next((c for c in grpc.StatusCode if c.value[0] == status.code), grpc.StatusCode.UNKNOWN)
-    return MedsettleError(code, status.message, error_detail(status.SerializeToString()))
+def status_error(error: pb.StreamError) -> MedsettleError:
+    """One SettleStream reply's error as the MedsettleError its unary Settle would have raised."""
+    code = next((c for c in grpc.StatusCode if c.value[0] == error.code), grpc.StatusCode.UNKNOWN)
+    return MedsettleError(code, error.message,
+                          _dict(error.detail) if error.HasField("detail") else {})
 
 
 def _dict(msg) -> dict:

@@ -16,9 +16,12 @@ import signal
 from dataclasses import dataclass, field
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
 
 from kernel.errors import InputError
 from kernel.layout import ACC_COLS
@@ -32,8 +35,6 @@ from .security import AuthError, SecurityConfig
 log = logging.getLogger("medsettle.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Settlement"].full_name
-DETAILS_KEY = "grpc-status-details-bin"
-_TYPE_URL = "type.googleapis.com/" + pb.ErrorDetail.DESCRIPTOR.full_name
 
 
 class CallError(Exception):
@@ -54,14 +55,18 @@ class CallError(Exception):
         return cls(grpc.StatusCode.INVALID_ARGUMENT, message, err.field, err.line or 0, err.rule,
                    err.value, err.mdtrt_id or "")
 
-    def status_pb(self) -> pb.RpcStatus:
-        status = pb.RpcStatus(code=self.code.value[0], message=self.message)
-        status.details.add(type_url=_TYPE_URL, value=self.detail.SerializeToString())
-        return status
+    def status(self) -> status_pb2.Status:
+        """The google.rpc.Status of the failed call: code, message, the ErrorDetail as an Any."""
+        detail = any_pb2.Any()
+        detail.Pack(self.detail)
+        return status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
+
+    def stream_error(self) -> pb.StreamError:
+        """The same status as one SettleStream reply's error."""
+        return pb.StreamError(code=self.code.value[0], message=self.message, detail=self.detail)
 
     async def abort(self, context):
-        await context.abort(self.code, self.message,
-                            trailing_metadata=((DETAILS_KEY, self.status_pb().SerializeToString()),))
+        await context.abort_with_status(rpc_status.to_status(self.status()))
 
 
 @dataclass
@@ -360,11 +365,11 @@ class SettlementService(pb_grpc.SettlementServicer):
                 reply = pb.SettleStreamReply(request_id=req.request_id, settlement=result,
                                              replayed=replayed)
             except CallError as err:
-                reply = pb.SettleStreamReply(request_id=req.request_id, error=err.status_pb())
+                reply = pb.SettleStreamReply(request_id=req.request_id, error=err.stream_error())
             except Exception as err:               # never lose the stream on one request
                 log.exception("stream settle failed")
                 reply = pb.SettleStreamReply(request_id=req.request_id, error=CallError(
-                    grpc.StatusCode.INTERNAL, f"internal error: {err}").status_pb())
+                    grpc.StatusCode.INTERNAL, f"internal error: {err}").stream_error())
             finally:
                 window.release()
             out.put_nowait(reply)

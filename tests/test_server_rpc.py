@@ -1,18 +1,21 @@
 """medsettle.v1 against a real server on 127.0.0.1: every RPC, the section 8 examples through
 Settle, idempotency, per-person serialization, reversal, and section 9's bad inputs."""
+import asyncio
 import concurrent.futures as cf
 import sqlite3
 
 import grpc
 import pytest
+from google.rpc import status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
 
 from kernel.api import Settler
 from server import settlement_pb2 as pb
 from server import settlement_pb2_grpc as pb_grpc
 from server.client import Client, MedsettleError, settle_request, status_error
-from server.server import DETAILS_KEY, SERVICE_NAME
+from server.server import SERVICE_NAME
 
 from server_fixtures import Y, small_visit, start_thread_server, visit_a, visit_b, wire_visit
 
@@ -257,14 +260,15 @@ def test_settle_stream(srv, h1):
     assert replies["s-B"][0]["settlement"]["hifp_pay"] == 815_600    # in order for one person
     assert replies["s-bad"][0]["settlement"] is None
     assert replies["s-bad"][0]["error"]["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert replies["s-bad"][0]["error"]["detail"]["field"] == "insutype"
     # the error detail travels inside the reply: check it with the raw stub
     stub = pb_grpc.SettlementStub(grpc.insecure_channel(f"127.0.0.1:{srv.port}"))
     out = list(stub.SettleStream(iter([settle_request(
         wire_visit("bad2", insutype="nosuch", amounts=(0, 0, 0, 100)), None, "s-bad2")]),
         metadata=[("authorization", "Bearer tok-h001")], timeout=10))
-    detail = pb.ErrorDetail.FromString(out[0].error.details[0].value)
-    assert detail.field == "insutype"
-    assert status_error(out[0].error).detail["field"] == "insutype"
+    assert out[0].error.detail.field == "insutype"
+    err = status_error(out[0].error)
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT and err.detail["field"] == "insutype"
     assert journal_rows(srv) == 2
 
 
@@ -368,15 +372,28 @@ def test_bad_input(srv, h1, case):
 
 
 def test_missing_request_id_and_raw_status_details(srv):
-    """The structured detail as a client without our helper reads it: the status trailer."""
+    """The structured detail as a client without our helper reads it: a google.rpc.Status in the
+    standard trailer, parsed by googleapis-common-protos and by grpcio-status."""
     stub = pb_grpc.SettlementStub(grpc.insecure_channel(f"127.0.0.1:{srv.port}"))
     req = settle_request(visit_a())                  # no request_id
     with pytest.raises(grpc.RpcError) as e:
         stub.Settle(req, metadata=[("authorization", "Bearer tok-h001")], timeout=5)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    raw = dict(e.value.trailing_metadata())[DETAILS_KEY]
-    status = pb.RpcStatus.FromString(raw)
+    raw = dict(e.value.trailing_metadata())["grpc-status-details-bin"]
+    status = status_pb2.Status.FromString(raw)
     assert status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert status.message == e.value.details()
     assert status.details[0].type_url == "type.googleapis.com/medsettle.v1.ErrorDetail"
-    assert pb.ErrorDetail.FromString(status.details[0].value).field == "request_id"
+    detail = pb.ErrorDetail()
+    assert status.details[0].Unpack(detail) and detail.field == "request_id"
+    assert rpc_status.from_call(e.value) == status
+
+    async def aio_status():                          # an asyncio client reads the same
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            call = pb_grpc.SettlementStub(ch).Settle(
+                req, metadata=[("authorization", "Bearer tok-h001")], timeout=5)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await call
+            return await rpc_status.aio.from_call(call)
+    assert asyncio.run(aio_status()) == status
     assert journal_rows(srv) == 0
