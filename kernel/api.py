@@ -276,7 +276,15 @@ class Settler:
             mdtrt_id=visit["mdtrt_id"], psn_no=visit["psn_no"], insutype=visit["insutype"], year=year,
             status=_STATUS_NAMES[code], reason=reason, policy_version=label, amounts=amounts,
             flags=int(flags[0]), acc_after=dict(zip(layout.ACC_COLS, acc_row[0].tolist())),
-            balance_after=int(bal[0]), setldetail=self.setldetail(amounts, int(flags[0]), label))
+            balance_after=int(bal[0]),
+            setldetail=self.setldetail(amounts, int(flags[0]), self.rule_label(int(cols["rule"][0]))))
+
+    def rule_label(self, rule: int) -> str:
+        """The rule row in words: pack/scheme/version, med type, level."""
+        cp = self.compiled
+        level = self.pack.levels[rule % cp.n_levels]
+        med_type = self.pack.med_types[(rule // cp.n_levels) % cp.n_med_types]
+        return f"{self._labels[rule // (cp.n_levels * cp.n_med_types)]}, {med_type.name} at {level.name}"
 
     def setldetail(self, amounts: dict, flags: int, version: str) -> list[SetlDetail]:
         """One row per fund that applies, with its rule and version in words."""

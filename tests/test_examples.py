@@ -154,3 +154,15 @@ def test_example_e_retired_employee_large_amount(city):
     assert r["hifob_pay"] == 14_100 * Y
     assert r["psn_part_amt"] == 15_900 * Y
     assert (r["acct_pay"], r["psn_cash_pay"], r["balc"]) == (2_000 * Y, 13_900 * Y, 0)
+
+
+def test_fund_rows_name_rule_and_version(rural):
+    """Issue 3: every fund row of a result names the rule and the pack version that produced it."""
+    v = visit("A", amounts=53_500 * Y, fulamt_ownpay_amt=5_000 * Y, overlmt_selfpay=500 * Y,
+              preselfpay_amt=1_000 * Y)
+    rows = {d.fund_pay_type: d for d in rural.settle_one(v).setldetail}
+    assert rows["hifp"].fund_payamt == 45_220 * Y and rows["hifmi"].fund_payamt == 4_140 * Y
+    assert rows["hifp"].crt_payb_lmt_amt == 53_376 * Y
+    for d in rows.values():
+        assert "sample-rural/rural/2013-h1" in d.setl_proc_info and "county" in d.setl_proc_info
+    assert "85%" in rows["hifp"].setl_proc_info and "45,220.00" in rows["hifp"].setl_proc_info
