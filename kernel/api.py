@@ -304,21 +304,27 @@ class Settler:
         The person's earlier visits in the table are settled first (same order as the batch), so the
         trace starts from the same year-to-date totals the kernel used.
         """
+        import pyarrow.compute as pc
+
         from . import reference
 
-        batch = self.settle_table(visits, lines)
-        ids = batch.table.column("mdtrt_id").to_pylist()
-        if mdtrt_id not in ids:
+        hit = pc.index(visits.column("mdtrt_id"), mdtrt_id).as_py() if visits.num_rows else -1
+        if hit < 0:
             raise InputError("mdtrt_id", "no such visit in the file", mdtrt_id)
-        kernel_row = batch.table.slice(ids.index(mdtrt_id), 1).to_pylist()[0]
-        psn = kernel_row["psn_no"]
-        person = [v for v in visits.to_pylist() if v["psn_no"] == psn]
-        person_ids = {v["mdtrt_id"] for v in person}
-        by_visit = None
+        # a person's settlement depends on that person's visits only
+        psn = visits.column("psn_no")[hit].as_py()
+        person_visits = visits.filter(pc.equal(visits.column("psn_no"), psn))
+        person_lines = None
         if lines is not None:
-            by_visit = {i: [] for i in person_ids}
-            for line in lines.filter(pa.compute.is_in(lines.column("mdtrt_id"),
-                                                      pa.array(sorted(person_ids)))).to_pylist():
+            person_lines = lines.filter(pc.is_in(lines.column("mdtrt_id"),
+                                                 value_set=person_visits.column("mdtrt_id")))
+        table = self.settle_table(person_visits, person_lines).table
+        kernel_row = table.filter(pc.equal(table.column("mdtrt_id"), mdtrt_id)).to_pylist()[0]
+        person = person_visits.to_pylist()
+        by_visit = None
+        if person_lines is not None:
+            by_visit = {v["mdtrt_id"]: [] for v in person}
+            for line in person_lines.to_pylist():
                 by_visit[line["mdtrt_id"]].append(line)
         trace = reference.explain(self.pack, self.reference_catalogue(), person, by_visit, mdtrt_id)
         return kernel_row, trace
