@@ -29,8 +29,9 @@ N_ITEM = len(ITEM_COLS)
 
 @dataclass
 class Prepared:
-    """Kernel inputs for n visits, in processing order (person, then settlement time)."""
+    """Kernel inputs for n visits, in processing order (each person's visits in settlement-time order)."""
     order: np.ndarray            # int64: processing position -> input row
+    in_input_order: bool         # order is the identity: no permutation anywhere
     item: np.ndarray             # int64 (N_ITEM, n)
     rule: np.ndarray             # int32
     group: np.ndarray            # int16
@@ -97,8 +98,20 @@ def _money_rule(v):
     return "must not be negative" if v < 0 else f"overflow: above {MAX_MONEY} fen"
 
 
+class _OneBased:
+    """Row (or line) numbers 1..n without allocating them: number[i] == i + 1."""
+    def __getitem__(self, i):
+        return i + 1
+
+
+ONE_BASED = _OneBased()
+
+
 def _check_money(values, name, source, rows=None, lines=None):
-    bad = np.flatnonzero((values < 0) | (values > MAX_MONEY))
+    if values.dtype == np.int64:        # one pass: a negative amount is above MAX_MONEY as unsigned
+        bad = np.flatnonzero(values.view(np.uint64) > MAX_MONEY)
+    else:
+        bad = np.flatnonzero((values < 0) | (values > MAX_MONEY))
     if bad.size:
         i = int(bad[0])
         v = int(values[i])
@@ -151,7 +164,8 @@ class VisitBatch:
     filed: np.ndarray | None
     tail_error: InputError | None    # ipt_days, acct_balc, then (without lines) amounts and total
     item: np.ndarray | None      # (N_ITEM, n) in processing order (precomputed amounts), else None
-    order: np.ndarray
+    order: np.ndarray            # processing position -> input row
+    in_input_order: bool         # order is the identity (settlement times never go back in the input)
     psn_idx: np.ndarray          # int64 person per visit (input order)
     psn_names: pa.Array
     balance: np.ndarray
@@ -206,7 +220,22 @@ def _civil(days):
 
 
 def _processing_order(psn_idx, setl_sec):
-    """lexsort((arange, setl_sec, psn_idx)): person, then settlement time, ties in input order."""
+    """(order, is the identity). The kernel needs each person's visits in (settlement time, input
+    row) order and nothing else: when settlement times never go back in the input (a file in time
+    order) or the input is already by person then time, input order is that order and nothing is
+    permuted; otherwise lexsort((arange, setl_sec, psn_idx)): person, then time, ties in input order."""
+    n = len(psn_idx)
+    identity = np.arange(n, dtype=np.int64)
+    if n < 2 or not np.any(setl_sec[1:] < setl_sec[:-1]):
+        return identity, True
+    same = psn_idx[1:] == psn_idx[:-1]
+    if np.all(psn_idx[1:] >= psn_idx[:-1]) and not np.any(same & (setl_sec[1:] < setl_sec[:-1])):
+        return identity, True
+    del same
+    return _person_time_order(psn_idx, setl_sec), False
+
+
+def _person_time_order(psn_idx, setl_sec):
     n = len(psn_idx)
     if n:
         lo, hi = int(setl_sec.min()), int(setl_sec.max())
@@ -272,7 +301,7 @@ def prepare_visits(visits: pa.Table, lines: pa.Table | None = None, source="visi
         if bad_days.size:
             raise InputError("ipt_days", "must not be negative", int(bed_days[bad_days[0]]),
                              row=int(bad_days[0]) + 1, source=source)
-        _check_money(opening, "acct_balc", source, rows=np.arange(1, n + 1))
+        _check_money(opening, "acct_balc", source, rows=ONE_BASED)
         if lines is None:
             item = _precomputed(visits, n, source)
             _check_declared(col, item, ids, n, source)
@@ -283,7 +312,8 @@ def prepare_visits(visits: pa.Table, lines: pa.Table | None = None, source="visi
     psn = col["psn_no"].dictionary_encode()
     psn_idx = np.asarray(psn.indices).astype(np.int64)
     setl_sec = np.asarray(col["setl_time"].cast(pa.timestamp("s")).cast(pa.int64()))
-    order = _processing_order(psn_idx, setl_sec)
+    order, in_input_order = _processing_order(psn_idx, setl_sec)
+    del setl_sec
     psn_names = psn.dictionary
     # opening balance of a person: acct_balc on their first visit in processing order
     first = np.full(len(psn_names), -1, dtype=np.int64)
@@ -291,16 +321,26 @@ def prepare_visits(visits: pa.Table, lines: pa.Table | None = None, source="visi
     balance = opening[first].astype(np.int64)
 
     def take(a, dtype):
-        return np.ascontiguousarray(a[order], dtype=dtype)
+        return _in_order(a, order, in_input_order, dtype)
 
     return VisitBatch(
         n=n, source=source, line_source=line_source, col=col, codes=codes, lines=lines,
         end=end, begin=begin, setl=setl, birth=birth, begin_after_end=int(bad[0]) if bad.size else -1,
         away_known=away_known, region_rows=region_rows, filed=filed, tail_error=tail_error,
-        item=None if item is None else np.ascontiguousarray(item[:, order]), order=order, psn_idx=psn_idx,
+        item=None if item is None else _in_order(item, order, in_input_order), order=order,
+        in_input_order=in_input_order, psn_idx=psn_idx,
         psn_names=psn_names, balance=balance, psn_slot=take(psn_idx, np.int32),
         referral=take(referral, np.int8), bed_days=take(bed_days, np.int32), acct_used=take(acct_used, np.int8),
         cache={}, id_columns=(visits.column("mdtrt_id"), visits.column("psn_no")))
+
+
+def _in_order(a, order, in_input_order, dtype=None):
+    """a (1-D, or 2-D by column) in processing order, contiguous; a itself when no permutation is needed."""
+    if in_input_order:
+        return np.ascontiguousarray(a, dtype=dtype)
+    if a.ndim == 2:
+        return np.take(a, order, axis=1)
+    return np.ascontiguousarray(a[order], dtype=dtype)
 
 
 def _check_declared(col, item, ids, n, source):
@@ -309,7 +349,7 @@ def _check_declared(col, item, ids, n, source):
         return
     given = ~np.asarray(col["medfee_sumamt"].is_null(), dtype=bool)
     declared = _ints(col["medfee_sumamt"], np.int64)
-    _check_money(declared, "medfee_sumamt", source, rows=np.arange(1, n + 1))
+    _check_money(declared, "medfee_sumamt", source, rows=ONE_BASED)
     bad = np.flatnonzero(given & (declared != item[_I["I_MEDFEE"]]))
     if bad.size:
         i = int(bad[0])
@@ -405,30 +445,61 @@ def prepare_for_pack(compiled, catalogue, batch: VisitBatch) -> Prepared:
     if item is None:
         item = _itemize_lines(compiled, catalogue, col["mdtrt_id"], batch.lines, n, batch.line_source)
         _check_declared(col, item, col["mdtrt_id"], n, source)
-        item = np.ascontiguousarray(item[:, order])
+        item = _in_order(item, order, batch.in_input_order)
+
+    def take(a, dtype):
+        return _in_order(a, order, batch.in_input_order, dtype)
 
     # accumulator slots: (person, scheme, year), numbered in that order
     n_schemes = len(compiled.scheme_index)
-    key = (batch.psn_slot.astype(np.int64) * n_schemes + scheme[order]) * 10000 + year[order]
+    scheme_p, year_p = take(scheme, np.int64), take(year, np.int32)
     cached = batch.cache.get("slots")
-    if cached is not None and cached[0] == n_schemes and np.array_equal(cached[1], key):
-        slot_of_key, acc_slot = cached[2], cached[3]
+    if cached is not None and cached[0] == n_schemes and np.array_equal(cached[1], scheme_p) \
+            and np.array_equal(cached[2], year_p):
+        slot_of_key, acc_slot = cached[3], cached[4]
     else:
-        slot_of_key, acc_slot = np.unique(key, return_inverse=True)
-        acc_slot = acc_slot.reshape(-1).astype(np.int32)
-        batch.cache["slots"] = (n_schemes, key, slot_of_key, acc_slot)
-
-    def take(a, dtype):
-        return np.ascontiguousarray(a[order], dtype=dtype)
+        slot_of_key, acc_slot = _slots(batch.psn_slot, scheme_p, year_p, len(batch.psn_names), n_schemes)
+        batch.cache["slots"] = (n_schemes, scheme_p, year_p, slot_of_key, acc_slot)
 
     return Prepared(
-        order=order, item=item, rule=take(rule, np.int32), group=take(group, np.int16),
+        order=order, in_input_order=batch.in_input_order, item=item, rule=take(rule, np.int32), group=take(group, np.int16),
         cats=take(cats, np.int16), cause=take(cause, np.int8), out_area=take(out_area, np.int8),
         referral=batch.referral, bed_days=batch.bed_days, acct_used=batch.acct_used, acc_slot=acc_slot,
         psn_slot=batch.psn_slot, balance=batch.balance, psn_names=batch.psn_names,
         slot_psn=slot_of_key // 10000 // n_schemes, slot_scheme=(slot_of_key // 10000) % n_schemes,
         slot_year=(slot_of_key % 10000).astype(np.int32), version=take(version, np.int32),
         year=take(year, np.int32))
+
+
+def _slots(psn_slot, scheme, year, n_persons, n_schemes):
+    """(slot keys (person * n_schemes + scheme) * 10000 + year, ascending; int32 slot per visit).
+    Persons, schemes and the few years of a batch make a small dense key space: marking the keys
+    present and counting them numbers the slots without sorting n keys (np.unique's way, kept for
+    a batch whose years span too far)."""
+    n = len(psn_slot)
+    if n:
+        year_lo = int(year.min())
+        years = int(year.max()) - year_lo + 1
+        width = n_schemes * years
+        if n_persons * width <= 4 * n + 4096:
+            key = psn_slot.astype(np.int64)
+            key *= width
+            key += scheme * years
+            key += year - year_lo
+            present = np.zeros(n_persons * width, dtype=bool)
+            present[key] = True
+            dense = np.flatnonzero(present)
+            number = np.cumsum(present, dtype=np.int32)
+            del present
+            number -= 1
+            acc_slot = number[key]
+            del key, number
+            person, rest = np.divmod(dense, width)
+            slot_of_key = (person * n_schemes + rest // years) * 10000 + (rest % years + year_lo)
+            return slot_of_key, acc_slot
+    key = (psn_slot.astype(np.int64) * n_schemes + scheme) * 10000 + year
+    slot_of_key, acc_slot = np.unique(key, return_inverse=True)
+    return slot_of_key, acc_slot.reshape(-1).astype(np.int32)
 
 
 def _precomputed(visits, n, source):
@@ -441,7 +512,7 @@ def _precomputed(visits, n, source):
         if col is None:
             continue
         values = _ints(col, np.int64)
-        _check_money(values, name, source, rows=np.arange(1, n + 1))
+        _check_money(values, name, source, rows=ONE_BASED)
         item[_I[names[name]]] = values
     bad = np.flatnonzero(item[_I["I_INSCP_ESS"]] > item[_I["I_INSCP"]])
     if bad.size:
@@ -449,7 +520,7 @@ def _precomputed(visits, n, source):
         raise InputError("inscp_essential_amt", "exceeds inscp_scp_amt", int(item[_I["I_INSCP_ESS"]][i]),
                          row=i + 1, source=source)
     item[_I["I_MEDFEE"]] = item[_I["I_FULAMT"]] + item[_I["I_OVERLMT"]] + item[_I["I_PRESELFPAY"]] + item[_I["I_INSCP"]]
-    _check_money(item[_I["I_MEDFEE"]], "medfee_sumamt", source, rows=np.arange(1, n + 1))
+    _check_money(item[_I["I_MEDFEE"]], "medfee_sumamt", source, rows=ONE_BASED)
     return item
 
 
@@ -460,7 +531,7 @@ def _itemize_lines(compiled, catalogue, visit_ids, lines: pa.Table, n, source):
 
     m = lines.num_rows
     col = {name: _column(lines, name, typ, required, source) for name, typ, required, _ in LINE_FIELDS}
-    line_numbers = np.arange(1, m + 1)
+    line_numbers = ONE_BASED
     visit = np.asarray(pc.index_in(col["mdtrt_id"], value_set=visit_ids).fill_null(-1), dtype=np.int64)
     bad = np.flatnonzero(visit < 0)
     if bad.size:
@@ -506,7 +577,7 @@ def _itemize_lines(compiled, catalogue, visit_ids, lines: pa.Table, n, source):
     itemize(offsets, np.ascontiguousarray(code[order]), np.ascontiguousarray(cnt[order]),
             np.ascontiguousarray(pric[order]), np.ascontiguousarray(amt[order]),
             catalogue.cls, catalogue.prepay, catalogue.ceiling, catalogue.essential, item)
-    _check_money(item[_I["I_MEDFEE"]], "medfee_sumamt", source, rows=np.arange(1, n + 1))
+    _check_money(item[_I["I_MEDFEE"]], "medfee_sumamt", source, rows=ONE_BASED)
     return item
 
 

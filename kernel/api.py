@@ -184,30 +184,40 @@ class Settler:
 
     def _result_table(self, id_columns, prep, out, status, flags) -> pa.Table:
         n = len(prep.order)
-        inverse = np.empty(n, dtype=np.int64)
-        inverse[prep.order] = np.arange(n)
+
+        def in_input_order(a, dtype=None):
+            # zero-copy when nothing was permuted: Arrow wraps the kernel's rows as they are
+            if prep.in_input_order:
+                return a if dtype is None else a.astype(dtype, copy=False)
+            res = np.empty(n, dtype=dtype or a.dtype)
+            res[prep.order] = a
+            return res
+
         causes = self.pack.injury_causes
         # reason: index into [""] + fixed reasons + "excluded_cause:<cause>" for each cause
         fixed = ["", "pending_cause", "not_covered"]
-        reason = np.zeros(n, dtype=np.int32)
-        reason[status == layout.STATUS["REFUSED"]] = 1
-        reason[status == layout.STATUS["PROVISIONAL"]] = 1
-        reason[status == layout.STATUS["NOT_COVERED"]] = 2
-        excl = status == layout.STATUS["EXCLUDED"]
+        reason_of_status = np.zeros(max(_STATUS_NAMES) + 1, dtype=np.int32)
+        reason_of_status[[layout.STATUS["REFUSED"], layout.STATUS["PROVISIONAL"]]] = 1
+        reason_of_status[layout.STATUS["NOT_COVERED"]] = 2
+        status32 = status.astype(np.int32)
+        reason = reason_of_status[status32]
+        excl = np.flatnonzero(status32 == layout.STATUS["EXCLUDED"])
         reason[excl] = len(fixed) + prep.cause[excl]
+        del excl
         reason_dict = pa.array(fixed + [f"excluded_cause:{c}" for c in causes])
         status_dict = pa.array([_STATUS_NAMES[i] for i in range(len(_STATUS_NAMES))])
         cols = {
             "mdtrt_id": id_columns[0],
             "psn_no": id_columns[1],
-            "status": pa.DictionaryArray.from_arrays(pa.array(status[inverse].astype(np.int32)), status_dict),
-            "reason": pa.DictionaryArray.from_arrays(pa.array(reason[inverse]), reason_dict),
+            "status": pa.DictionaryArray.from_arrays(pa.array(in_input_order(status32)), status_dict),
+            "reason": pa.DictionaryArray.from_arrays(pa.array(in_input_order(reason)), reason_dict),
         }
+        del status32, reason
         for k, name in enumerate(layout.OUT_COLS):
-            cols[name] = pa.array(out[k][inverse])
-        cols["flags"] = pa.array(flags[inverse])
+            cols[name] = pa.array(in_input_order(out[k]))
+        cols["flags"] = pa.array(in_input_order(flags))
         cols["policy_version"] = pa.DictionaryArray.from_arrays(
-            pa.array(prep.version[inverse]), pa.array(self._labels))
+            pa.array(in_input_order(prep.version)), pa.array(self._labels))
         return pa.table(cols)
 
     def _acc_table(self, prep, acc) -> pa.Table:
