@@ -7,6 +7,8 @@ visit row) or line, the rule and the value.
 """
 from __future__ import annotations
 
+import mmap
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +52,55 @@ class Prepared:
     slot_year: np.ndarray        # acc slot -> calendar year
     version: np.ndarray          # int32 compiled version per visit
     year: np.ndarray             # int32 accumulator year per visit
+
+
+# --- large arrays ----------------------------------------------------------------------------------
+
+_HUGE_BYTES = 1 << 24
+
+
+def empty_large(shape, dtype) -> np.ndarray:
+    """np.empty, on transparent huge pages when large. A large batch's arrays are written once,
+    front to back (the kernel's out columns with streaming stores): first touch of 4 KiB pages
+    costs more than the writing itself on these VMs, and THP is madvise-only."""
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape))
+    nbytes = count * dtype.itemsize
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if nbytes < _HUGE_BYTES or advice is None:
+        return np.empty(shape, dtype)
+    region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    region.madvise(advice)
+    return np.frombuffer(region, dtype, count=count).reshape(shape)
+
+
+class _Background:
+    """fn() on another thread, for a large batch (Arrow's hash kernels release the GIL): prepare
+    overlaps its two string hashings (visit ids, persons) with its numpy work."""
+
+    def __init__(self, fn, background: bool):
+        self._value = self._error = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True) if background else None
+        if self._thread is None:
+            self._run(fn)
+        else:
+            self._thread.start()
+
+    def _run(self, fn):
+        try:
+            self._value = fn()
+        except BaseException as e:      # re-raised on the caller's thread
+            self._error = e
+
+    def result(self):
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+_BACKGROUND_ROWS = 200_000
 
 
 # --- column access -------------------------------------------------------------------------------
@@ -254,12 +305,11 @@ def prepare_visits(visits: pa.Table, lines: pa.Table | None = None, source="visi
     col = {name: _column(visits, name, typ, required, source) for name, typ, required, _ in VISIT_FIELDS}
 
     ids = col["mdtrt_id"]
-    if len(pc.unique(ids)) != n:
-        counts = pc.value_counts(ids)
-        dup = next(v["values"] for v in counts.to_pylist() if v["counts"] > 1)
-        row = int(np.flatnonzero(np.asarray(pc.equal(ids, dup)))[1]) + 1
-        raise InputError("mdtrt_id", "duplicate visit id", dup.as_py() if hasattr(dup, "as_py") else dup,
-                         row=row, source=source)
+    # the duplicate-id check and the person numbering hash strings on other threads; nothing
+    # between here and the check's result raises (later errors are held), so the order of errors stands
+    background = n >= _BACKGROUND_ROWS
+    distinct = _Background(lambda: len(pc.unique(ids)), background)
+    psn_encoded = _Background(col["psn_no"].dictionary_encode, background)
     codes = {name: _encode(col[name]) for name in _CODE_COLUMNS if col[name] is not None}
 
     end = as_days(col["enddate"])
@@ -308,8 +358,16 @@ def prepare_visits(visits: pa.Table, lines: pa.Table | None = None, source="visi
     except InputError as e:
         tail_error, item = e, None
 
-    # processing order: person, then settlement time (ties keep input order)
-    psn = col["psn_no"].dictionary_encode()
+    if distinct.result() != n:
+        psn_encoded.result()
+        counts = pc.value_counts(ids)
+        dup = next(v["values"] for v in counts.to_pylist() if v["counts"] > 1)
+        row = int(np.flatnonzero(np.asarray(pc.equal(ids, dup)))[1]) + 1
+        raise InputError("mdtrt_id", "duplicate visit id", dup.as_py() if hasattr(dup, "as_py") else dup,
+                         row=row, source=source)
+
+    # processing order: each person's visits in settlement-time order (ties keep input order)
+    psn = psn_encoded.result()
     psn_idx = np.asarray(psn.indices).astype(np.int64)
     setl_sec = np.asarray(col["setl_time"].cast(pa.timestamp("s")).cast(pa.int64()))
     order, in_input_order = _processing_order(psn_idx, setl_sec)
@@ -503,7 +561,8 @@ def _slots(psn_slot, scheme, year, n_persons, n_schemes):
 
 
 def _precomputed(visits, n, source):
-    item = np.zeros((N_ITEM, n), dtype=np.int64)
+    item = empty_large((N_ITEM, n), np.int64)
+    item[:] = 0
     names = {"fulamt_ownpay_amt": "I_FULAMT", "overlmt_selfpay": "I_OVERLMT",
              "preselfpay_amt": "I_PRESELFPAY", "inscp_scp_amt": "I_INSCP",
              "inscp_essential_amt": "I_INSCP_ESS"}
@@ -519,7 +578,10 @@ def _precomputed(visits, n, source):
         i = int(bad[0])
         raise InputError("inscp_essential_amt", "exceeds inscp_scp_amt", int(item[_I["I_INSCP_ESS"]][i]),
                          row=i + 1, source=source)
-    item[_I["I_MEDFEE"]] = item[_I["I_FULAMT"]] + item[_I["I_OVERLMT"]] + item[_I["I_PRESELFPAY"]] + item[_I["I_INSCP"]]
+    medfee = item[_I["I_MEDFEE"]]
+    np.add(item[_I["I_FULAMT"]], item[_I["I_OVERLMT"]], out=medfee)
+    medfee += item[_I["I_PRESELFPAY"]]
+    medfee += item[_I["I_INSCP"]]
     _check_money(item[_I["I_MEDFEE"]], "medfee_sumamt", source, rows=ONE_BASED)
     return item
 

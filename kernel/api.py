@@ -54,7 +54,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import layout
-from .adapter import OneVisitAdapter, Prepared, VisitBatch, prepare_for_pack, prepare_visits
+from .adapter import OneVisitAdapter, Prepared, VisitBatch, empty_large, prepare_for_pack, prepare_visits
 from .catalogue import Catalogue, load_catalogue
 from .compile import compile_pack
 from .errors import InputError
@@ -172,9 +172,9 @@ class Settler:
         n = batch.n
         if out is None or out.shape != (len(layout.OUT_COLS), n) or out.dtype != np.int64 \
                 or not out.flags.c_contiguous:
-            out = np.empty((len(layout.OUT_COLS), n), dtype=np.int64)
-        status = np.empty(n, dtype=np.int8)
-        flags = np.empty(n, dtype=np.int32)
+            out = empty_large((len(layout.OUT_COLS), n), np.int64)
+        status = empty_large(n, np.int8)
+        flags = empty_large(n, np.int32)
         balance = prep.balance.copy()
         cp = self.compiled
         settle(cp.rules, cp.diseases, cp.bands, cp.n_groups, prep.item, prep.rule, prep.group,
