@@ -120,7 +120,7 @@ def _column(table: pa.Table, name, typ, required, source, default=None, combine=
             bad = _first_uncastable(col, typ)
             raise InputError(name, f"must be {typ}", bad[1], row=bad[0], source=source) from None
     if combine and isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
+        col = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()     # one chunk: no copy
     if required and col.null_count:
         row = int(np.flatnonzero(np.asarray(col.is_null()))[0])
         raise InputError(name, "required value is missing", None, row=row + 1, source=source)
@@ -256,9 +256,10 @@ def _civil_arith(days):
     return y, m, d
 
 
-def _civil(days):
+def _civil(days, small=False):
     """(year, month, day) of int64 days since 1970-01-01: computed once per day of the range the
-    dates span (visit dates span a year or a few, birth dates a century), then looked up."""
+    dates span (visit dates span a year or a few, birth dates a century), then looked up.
+    small: int16 arrays where they fit (prepare's own arithmetic), else int64."""
     days = np.asarray(days, dtype=np.int64)
     if days.size < 4096:
         return _civil_arith(days)
@@ -267,6 +268,9 @@ def _civil(days):
         return _civil_arith(days)
     y, m, d = _civil_arith(np.arange(lo, hi + 1, dtype=np.int64))
     at = days - lo
+    if small and 0 <= y[0] and y[-1] < 10000:
+        # int16 for the per-visit gathers: years 0..9999 (and their differences), month * 32 + day fit
+        y, m, d = y.astype(np.int16), m.astype(np.int16), d.astype(np.int16)
     return y[at], m[at], d[at]
 
 
@@ -321,7 +325,7 @@ def prepare_visits(visits: pa.Table, lines: pa.Table | None = None, source="visi
     if col["brdy"] is not None:
         b = as_days(col["brdy"])
         missing = b == NO_DATE
-        by, bm, bd = _civil(np.where(missing, 0, b))
+        by, bm, bd = _civil(np.where(missing, 0, b), small=True)
         birth = (by, bm * 32 + bd, missing)
 
     insured, treated = col["insu_admdvs"], col["mdtrt_admdvs"]
@@ -456,7 +460,12 @@ def prepare_for_pack(compiled, catalogue, batch: VisitBatch) -> Prepared:
                          name, row=i + 1, source=source)
 
     # governing date per scheme (admission, discharge or settlement), then the version in force
-    gov = compiled.governing_days(scheme, batch.begin, batch.end, batch.setl)
+    dictionary = batch.codes["insutype"][0]
+    kinds = {compiled.scheme_governing_date[si] for si in np.asarray(compiled.scheme_of(dictionary)) if si >= 0}
+    if len(kinds) == 1:         # every scheme in the batch governs by the same date: that column
+        gov = {"admission": batch.begin, "discharge": batch.end, "settlement": batch.setl}[kinds.pop()]
+    else:
+        gov = compiled.governing_days(scheme, batch.begin, batch.end, batch.setl)
     if batch.begin_after_end >= 0:
         i = batch.begin_after_end
         raise InputError("begndate", "admission after discharge", str(np.datetime64(int(batch.begin[i]), "D")),
@@ -474,7 +483,7 @@ def prepare_for_pack(compiled, catalogue, batch: VisitBatch) -> Prepared:
     if cached is not None and np.array_equal(cached[0], gov):
         age, year = cached[1], cached[2]
     else:
-        gy, gm, gd = _civil(gov)
+        gy, gm, gd = _civil(gov, small=True)
         year = gy.astype(np.int32)
         if batch.birth is None:
             age = np.full(n, -1, np.int16)
