@@ -182,7 +182,7 @@ def _known(index, col, name, mapping, source):
         i = int(bad[0])
         raise InputError(name, f"unknown code (known: {', '.join(map(str, mapping))})", col[i].as_py(),
                          row=i + 1, source=source)
-    return index.astype(np.int64)
+    return index
 
 
 # --- visits ---------------------------------------------------------------------------------------
@@ -424,7 +424,7 @@ def _codes_of(batch, name, lookup, mapping, null):
     if name not in batch.codes:
         return None
     dictionary, idx = batch.codes[name]
-    table = np.append(np.asarray(lookup(dictionary)).astype(np.int64), null)
+    table = np.append(np.asarray(lookup(dictionary)).astype(np.int16), np.int16(null))   # a few codes: int16
     return table[idx]
 
 
@@ -442,7 +442,7 @@ def prepare_for_pack(compiled, catalogue, batch: VisitBatch) -> Prepared:
     med_type = _known_codes(batch, "med_type", compiled.med_type_of, compiled.med_type_index)
     level = _known_codes(batch, "medins_lv", compiled.level_of, compiled.level_index)
     if col["inj_cause"] is None:
-        cause = np.full(n, compiled.cause_index["none"], dtype=np.int64)
+        cause = np.full(n, compiled.cause_index["none"], dtype=np.int16)
     else:
         cause = _known_codes(batch, "inj_cause", compiled.cause_of, compiled.cause_index,
                              null=compiled.cause_index["none"])
