@@ -833,16 +833,27 @@ def empty_summary() -> pa.Table:
     return pa.table({k: cols[k] for k in KEYS} | {k: v for k, v in cols.items() if k not in KEYS})
 
 
-def check_plan(plan: Plan) -> None:
+def check_plan(plan: Plan) -> tuple[int, int, list]:
+    """Refuse a plan that cannot run, before anything is written: files, packs (compiled here),
+    the old results' row count. Returns (rows, partitions, pass-1 chunks) of the visits file."""
     if (plan.old is None) == (plan.old_results is None):
         raise ValueError("give either the old policy or the old results, not both or neither")
-    if plan.old_results and plan.lines:
-        pass  # lines re-itemize the new side only; the old side is the file's
     for p in (plan.visits, plan.old_results, plan.lines):
         if p and not Path(p).exists():
             raise InputError("path", "no such file", str(p))
     if Path(plan.visits).suffix.lower() != ".parquet":
         raise InputError("path", "re-settlement reads Parquet (row groups bound its memory)", str(plan.visits))
+    plan.new.settler()                      # a bad pack fails here, before any work starts
+    if plan.old is not None:
+        plan.old.settler()
+    n_rows = pq.ParquetFile(plan.visits).metadata.num_rows
+    if plan.old_results:
+        n_old = pq.ParquetFile(plan.old_results).metadata.num_rows
+        if n_old != n_rows:
+            raise InputError("mdtrt_id", f"the results file has {n_old} rows, the visits file {n_rows}",
+                             None, source=str(plan.old_results))
+    n_parts = plan.n_partitions or n_partitions_for(n_rows, plan.partition_rows)
+    return n_rows, n_parts, chunks_of(plan.visits, max(1, plan.partition_rows))
 
 
 # Below this many visits a run stays in one process (starting workers costs more than it saves).
@@ -934,20 +945,9 @@ def _pool(processes: int):
 def resettle(plan: Plan, out_dir, progress=None, report=None) -> Outcome:
     """Run both passes on this machine: in this process, or in plan.processes worker processes
     (default: one per core for a large file). progress: optional rich Progress."""
-    check_plan(plan)
-    plan.new.settler()
-    if plan.old is not None:
-        plan.old.settler()
+    n_rows, n_parts, chunks = check_plan(plan)
     out, work = prepare_work(out_dir)
     try:
-        n_rows = pq.ParquetFile(plan.visits).metadata.num_rows
-        if plan.old_results:
-            n_old = pq.ParquetFile(plan.old_results).metadata.num_rows
-            if n_old != n_rows:
-                raise InputError("mdtrt_id", f"the results file has {n_old} rows, the visits file {n_rows}",
-                                 None, source=str(plan.old_results))
-        n_parts = plan.n_partitions or n_partitions_for(n_rows, plan.partition_rows)
-        chunks = chunks_of(plan.visits, max(1, plan.partition_rows))
         processes = processes_for(plan, n_rows, n_parts)
         threads = processes == 1           # one worker per core: no Arrow threads within a task
         with _pool(processes) as pool:

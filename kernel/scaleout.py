@@ -18,11 +18,9 @@ from __future__ import annotations
 import shutil
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from .errors import InputError
-from .resettle import (Plan, _carried, _raise_carried, _settle_and_clean, add_histograms, check_plan, chunks_of,
-                       combine_summaries, finish, n_partitions_for, partition_chunk, partition_lines, prepare_work)
+from .resettle import (Plan, _carried, _raise_carried, _settle_and_clean, add_histograms, check_plan,
+                       combine_summaries, finish, partition_chunk, partition_lines, prepare_work)
 
 
 def _pass1(plan, work, chunk, n_parts, index):
@@ -83,21 +81,10 @@ def client_for(scheduler, n_workers=2, threads_per_worker=1, processes=True):
 def resettle_dask(plan: Plan, out_dir, scheduler="local", n_workers=2, progress=None, report=None,
                   processes=True):
     """kernel.resettle.resettle with both passes run as Dask tasks; the same outputs."""
-    check_plan(plan)
-    plan.new.settler()                      # a bad pack fails here, before any task runs
-    if plan.old is not None:
-        plan.old.settler()
+    n_rows, n_parts, chunks = check_plan(plan)
     client, cluster, owned = client_for(scheduler, n_workers, processes=processes)
     out, work = prepare_work(out_dir)
     try:
-        n_rows = pq.ParquetFile(plan.visits).metadata.num_rows
-        if plan.old_results:
-            n_old = pq.ParquetFile(plan.old_results).metadata.num_rows
-            if n_old != n_rows:
-                raise InputError("mdtrt_id", f"the results file has {n_old} rows, the visits file {n_rows}",
-                                 None, source=str(plan.old_results))
-        n_parts = plan.n_partitions or n_partitions_for(n_rows, plan.partition_rows)
-        chunks = chunks_of(plan.visits, max(1, plan.partition_rows))
         task = progress.add_task(f"split by person ({len(chunks)} tasks)", total=len(chunks)) if progress else None
         futures = [client.submit(_pass1, plan, str(work), c, n_parts, k, pure=False) for k, c in enumerate(chunks)]
         _all_done(futures, progress, task)
