@@ -32,7 +32,8 @@ CASES = [("base: deductible + basic fund", BASE)] + \
 
 def kernel_rate(pack):
     settler = Settler(pack, default_catalogue())
-    visits = synth_precomputed(pack, N, seed=21, n_persons=N // 3)
+    visits = synth_precomputed(pack, N, seed=21, n_persons=N // 3).sort_by(
+        [("psn_no", "ascending"), ("setl_time", "ascending")])     # grouped by person: see test_kernel_speed
     p = prepare(settler.compiled, settler.catalogue, visits, None)
     cp = settler.compiled
     acc = np.zeros((len(p.slot_psn), len(layout.ACC_COLS)), np.int64)
