@@ -47,10 +47,7 @@ HIST_MAX_US = 120_000_000       # the histogram's range: 1 us .. 120 s
 
 
 def _histogram():
-    try:
-        from hdrh.histogram import HdrHistogram
-    except ImportError:                                    # pragma: no cover
-        raise SystemExit("medsettle loadtest needs hdrhistogram: pip install 'medsettle[bench]'")
+    from hdrh.histogram import HdrHistogram
     return HdrHistogram(1, HIST_MAX_US, 3)
 
 

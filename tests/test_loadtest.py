@@ -9,13 +9,11 @@ import time
 import grpc
 import pytest
 
-pytest.importorskip("hdrh")
 
 from kernel.api import Settler
 from server import loadtest
-from server import settlement_pb2 as pb
 from server.cli import main as server_main
-from tests.server_fixtures import start_thread_server
+from server_fixtures import start_thread_server
 
 
 @pytest.fixture(scope="module")

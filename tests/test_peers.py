@@ -1,16 +1,18 @@
 """The benchmark's peers settle the same visits as the kernel, to the fen, so that a broken peer
 cannot produce a flattering ratio; and the closed form of the annual caps they use is the
 sequential rule of docs/design.md."""
+import sys
 import tomllib
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-pytest.importorskip("polars")
-pytest.importorskip("duckdb")
-
-from bench.peers import chain, duckdb_peer, polars_peer, reference_peer
+# bench/ is not installed: reach it from the checkout, after the installed packages (kernel stays
+# the installed, compiled one). polars and duckdb come with the test extra: no skip.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+from bench.peers import chain, duckdb_peer, polars_peer, reference_peer  # noqa: E402
 from kernel.api import Settler, shipped_catalogue_path, shipped_pack_path
 from kernel.catalogue import load_catalogue
 from kernel.layout import FLAGS

@@ -2,7 +2,6 @@
 import pyarrow.parquet as pq
 import pytest
 
-pytest.importorskip("distributed")
 
 from kernel.api import Settler  # noqa: E402
 from kernel.region import write_region  # noqa: E402

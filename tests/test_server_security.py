@@ -8,7 +8,6 @@ from server.security import SecurityConfig, is_loopback, load_tokens
 
 from server_fixtures import TOKENS, make_pki, start_thread_server, visit_a
 
-pytest.importorskip("cryptography")
 
 
 @pytest.fixture(scope="module")
