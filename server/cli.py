@@ -12,12 +12,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 import msgspec
 
 _METHODS = ["presettle", "settle", "reverse", "get-settlement", "get-accumulators", "stream"]
 
+
+
+def module_command(module: str, *args: str) -> tuple[list[str], dict]:
+    """`python -m module args` for a child process that imports exactly what this process imports.
+
+    A plain `python -m` puts the child's working directory first on its path, so from a checkout
+    it would load the source tree's kernel/ (no compiled modules) instead of the installed one.
+    """
+    path = [p or os.getcwd() for p in sys.path]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path), PYTHONUNBUFFERED="1")
+    return [sys.executable, "-P", "-m", module, *args], env
 
 def add_subcommands(subparsers) -> None:
     serve = subparsers.add_parser("serve", help="run the gRPC settlement service")

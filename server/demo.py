@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .cli import module_command
+
 
 def add_subcommands(subparsers) -> None:
     p = subparsers.add_parser("demo", help="batch settlement, then a real server and a bounded load test")
@@ -27,9 +29,9 @@ def add_subcommands(subparsers) -> None:
 
 def _start_server(ledger: Path, log: Path):
     ready = Path(tempfile.mkdtemp(prefix="medsettle-demo-")) / "port"
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--port", "0", "--ledger", str(ledger),
-           "--ready-file", str(ready)]
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    cmd, env = module_command("server.cli", "serve", "--port", "0", "--ledger", str(ledger),
+                              "--ready-file", str(ready))
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 120
     while not ready.exists():
         if proc.poll() is not None:

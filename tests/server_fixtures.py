@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
-import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -16,6 +14,7 @@ from pathlib import Path
 
 import grpc
 
+from server.cli import module_command
 from server.client import Client
 from server.security import SecurityConfig
 from server.server import ServerConfig, start
@@ -104,12 +103,10 @@ def free_port() -> int:
 def spawn_server(tmp_path: Path, ledger: Path, tokens_file: Path, port: int) -> subprocess.Popen:
     ready = tmp_path / f"ready-{port}"
     ready.unlink(missing_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--ledger", str(ledger),
-         "--tokens", str(tokens_file), "--ready-file", str(ready), "--grace", "1"],
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"server-{port}.log", "ab"), env=env,
-        cwd=str(Path(__file__).resolve().parent.parent))
+    cmd, env = module_command("server.cli", "serve", "--port", str(port), "--ledger", str(ledger),
+                              "--tokens", str(tokens_file), "--ready-file", str(ready), "--grace", "1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"server-{port}.log", "ab"),
+                            env=env, cwd=str(Path(__file__).resolve().parent.parent))
     deadline = time.monotonic() + 60
     while not ready.exists():
         if proc.poll() is not None:
