@@ -1,10 +1,12 @@
 """The `medsettle` command.
 
-    medsettle settle                      # sample pack, sample catalogue, synthetic visits: the demo
+    medsettle settle                      # sample pack, sample catalogue, synthetic visits
     medsettle settle VISITS.parquet --lines LINES.parquet --out results.parquet [--pack P] [--catalogue C]
     medsettle explain VISITS.parquet MDTRT_ID [--lines LINES.parquet]
     medsettle policy check PACK.toml ...
-    medsettle synth --visits N --out DIR
+
+Other parts register their own commands here: resettle and synth (kernel.resettle, kernel.region),
+serve, call and loadtest (server.cli), demo (server.demo).
 """
 from __future__ import annotations
 
