@@ -600,7 +600,6 @@ def _precomputed(visits, n, source):
 def _itemize_lines(compiled, catalogue, visit_ids, lines: pa.Table, n, source):
     from ._itemize import itemize
 
-    m = lines.num_rows
     col = {name: _column(lines, name, typ, required, source) for name, typ, required, _ in LINE_FIELDS}
     line_numbers = ONE_BASED
     visit = np.asarray(pc.index_in(col["mdtrt_id"], value_set=visit_ids).fill_null(-1), dtype=np.int64)

@@ -56,10 +56,6 @@ class Accumulators:
         """ACC_COLS name -> value (A_DED_PAID, ...), in the order of kernel.layout."""
         return {name: getattr(self, name[2:].lower()) for name in ACC_COLS}
 
-    @classmethod
-    def from_layout_dict(cls, row: dict[str, int]) -> "Accumulators":
-        return cls(**{name[2:].lower(): int(row.get(name, 0)) for name in ACC_COLS})
-
     def copy(self) -> "Accumulators":
         return dataclasses.replace(self)
 

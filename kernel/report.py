@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from rich.table import Table
 
 from .api import fen, pct
-from .resettle import COMPARED, FUNDS, GAIN_EDGES, KEYS, surplus, totals
+from .resettle import COMPARED, GAIN_EDGES, surplus, totals
 
 FUND_NAMES = {"hifp_pay": "basic pooled fund (统筹基金)", "hifob_pay": "large-amount subsidy (大额补助)",
               "hifmi_pay": "serious illness (大病保险)", "cvlserv_pay": "civil-servant subsidy (公务员补助)",
@@ -144,6 +144,25 @@ def print_summary(console, outcome, plan, funding: Funding) -> None:
 
 # --- files ------------------------------------------------------------------------------------
 
+def _paired_bars(plt, labels, left, right, legend, xlabel, ylabel, title, rotation=0) -> bytes:
+    """A PNG of two bar series side by side (before/after, gain/loss)."""
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    ax.bar(x - 0.2, left, 0.4, label=legend[0])
+    ax.bar(x + 0.2, right, 0.4, label=legend[1])
+    ax.set_xticks(x, labels, rotation=rotation)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    plt.close(fig)
+    return png.getvalue()
+
+
 def _charts(summary: pa.Table, hist: dict):
     """Two PNGs (bytes): fund spending by month old/new; persons by gain. None without matplotlib."""
     try:
@@ -154,32 +173,14 @@ def _charts(summary: pa.Table, hist: dict):
         return None
     g = summary.group_by(["month"]).aggregate([("old_fund_pay_sumamt", "sum"), ("new_fund_pay_sumamt", "sum")]).sort_by("month")
     months = [str(m) for m in g.column("month").to_pylist()]
-    x = np.arange(len(months))
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    ax.bar(x - 0.2, np.asarray(g.column("old_fund_pay_sumamt_sum")) / 100, 0.4, label="before")
-    ax.bar(x + 0.2, np.asarray(g.column("new_fund_pay_sumamt_sum")) / 100, 0.4, label="after")
-    ax.set_xticks(x, months, rotation=45)
-    ax.set_ylabel("yuan")
-    ax.set_title("fund spending by settlement month")
-    ax.legend()
-    fig.tight_layout()
-    a = io.BytesIO()
-    fig.savefig(a, format="png", dpi=100)
-    plt.close(fig)
-    labels = [f"{fen(lo)}+" for lo in GAIN_EDGES]
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    ax.bar(np.arange(len(labels)) - 0.2, hist["owed"], 0.4, label="gain (owed)")
-    ax.bar(np.arange(len(labels)) + 0.2, hist["recovered"], 0.4, label="loss (recovered)")
-    ax.set_xticks(np.arange(len(labels)), labels)
-    ax.set_xlabel("yuan per person")
-    ax.set_ylabel("persons")
-    ax.set_title("how many patients gain (or lose) how much")
-    ax.legend()
-    fig.tight_layout()
-    b = io.BytesIO()
-    fig.savefig(b, format="png", dpi=100)
-    plt.close(fig)
-    return a.getvalue(), b.getvalue()
+    # yuan only for the picture's axis; every figure in the tables stays in fen
+    spending = _paired_bars(plt, months, np.asarray(g.column("old_fund_pay_sumamt_sum")) / 100,
+                            np.asarray(g.column("new_fund_pay_sumamt_sum")) / 100, ("before", "after"),
+                            None, "yuan", "fund spending by settlement month", rotation=45)
+    gains = _paired_bars(plt, [f"{fen(lo)}+" for lo in GAIN_EDGES], hist["owed"], hist["recovered"],
+                         ("gain (owed)", "loss (recovered)"), "yuan per person", "persons",
+                         "how many patients gain (or lose) how much")
+    return spending, gains
 
 
 def _html_table(table: Table) -> str:

@@ -3,6 +3,7 @@ import datetime as dt
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from kernel.api import shipped_pack_path
 from kernel.cli import main
@@ -54,3 +55,23 @@ def test_policy_check_good_and_bad(tmp_path, capsys):
     err = capsys.readouterr().err
     err = " ".join(err.split())
     assert "bad.toml" in err and "100%" in err and "185%" in err
+
+
+def test_settle_file_writes_parquet_and_nothing_on_error(tmp_path):
+    """Settler.settle_file: Parquet visits in, Parquet results out, no file when the input is bad."""
+    from kernel.api import Settler
+    from kernel.errors import InputError
+    row = {"mdtrt_id": "F", "psn_no": "P9", "insutype": "rural", "medins_lv": "2", "med_type": "21",
+           "enddate": dt.date(2013, 6, 15), "setl_time": dt.datetime(2013, 6, 15, 9), "psn_cats": "low_income",
+           "fulamt_ownpay_amt": 0, "overlmt_selfpay": 0, "preselfpay_amt": 0, "inscp_scp_amt": 20_000 * Y}
+    visits, out = tmp_path / "v.parquet", tmp_path / "r.parquet"
+    pq.write_table(pa.Table.from_pylist([row]), visits)
+    settler = Settler.from_files(shipped_pack_path("sample_rural"))
+    settler.settle_file(visits, out)
+    r = pq.read_table(out).to_pylist()[0]
+    assert (r["hifp_pay"], r["hifmi_pay"], r["maf_pay"]) == (17_000 * Y, 1_500 * Y, 750 * Y)   # example F
+    pq.write_table(pa.Table.from_pylist([{**row, "inscp_scp_amt": -1}]), visits)
+    out.unlink()
+    with pytest.raises(InputError):
+        settler.settle_file(visits, out)
+    assert not out.exists() and not (tmp_path / "r.parquet.partial").exists()

@@ -75,7 +75,8 @@ def test_example_c_cli_draft_pack(c_file, tmp_path):
     out = tmp_path / "out"
     assert main(["resettle", str(c_file), "--new-pack", DRAFT, "--out", str(out)]) == 0
     assert_example_c(out)
-    assert (out / "report.html").exists()
+    html = (out / "report.html").read_text()
+    assert html.count('src="data:image/png;base64,iVBORw0KGgo') == 2      # both charts, real PNGs
     visits, _ = outputs(out)
     assert visits["C1"]["new_version"].endswith("draft-2013-nocap")
 
