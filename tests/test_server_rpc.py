@@ -289,11 +289,31 @@ def test_health_and_reflection(srv):
 
 
 def test_expired_deadline_writes_nothing(srv, h1):
-    with pytest.raises(MedsettleError) as e:
-        h1.settle(visit_a(), request_id="late", timeout=0.000001)
-    assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
-    # whatever happened server-side, a retry settles exactly once
+    # An earlier settlement of P1 holds the person's lock (as one in flight would), so this call
+    # must wait past its deadline: deterministic, unlike a deadline too short to reach the server
+    # (gRPC keeps deadlines in milliseconds; a fast machine can settle inside one).
+    service = srv.running.service
+
+    async def hold():
+        lock = service._locks.get("P1")
+        await lock.acquire()
+        return lock
+
+    async def release(lock):
+        lock.release()
+        service._locks.put("P1")
+
+    lock = srv._run(hold())
+    try:
+        with pytest.raises(MedsettleError) as e:
+            h1.settle(visit_a(), request_id="late", timeout=0.3)
+        assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        srv._run(release(lock))
+    # the lock is handed out in arrival order: had the late call still been waiting, it would
+    # commit before this retry, which would then be a replay
     first = h1.settle(visit_a(), request_id="late")
+    assert not first["replayed"]
     assert h1.get_accumulators("P1")["rows"][0]["hifp_inp"] == first["settlement"]["hifp_pay"]
     assert journal_rows(srv) == 1
 
