@@ -26,7 +26,6 @@ import gc
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -217,20 +216,10 @@ def bench_reference(pack, kernel: Kernel, n: int, seed: int) -> dict:
 
 # --- server --------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_role(bench_grpc, role: str, ledger: str = ""):
     """A bench_grpc server subprocess (echo or medsettle) on loopback: (port, close)."""
-    if hasattr(bench_grpc, "Spawned"):
-        server = bench_grpc.Spawned(role, ledger)
-        return server.port, server.close
-    port = free_port()
-    proc = bench_grpc.spawn(role, port, ledger)
-    return port, lambda: (proc.kill(), proc.wait())
+    server = bench_grpc.Spawned(role, ledger)
+    return server.port, server.close
 
 
 def bench_server(seconds: float, rate: float, rounds: int = 2) -> dict:

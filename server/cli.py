@@ -44,8 +44,11 @@ def add_subcommands(subparsers) -> None:
                        help="CA of client certificates: require mutual TLS; CN = institution")
     serve.add_argument("--tokens", default=None,
                        help="TOML/JSON table of bearer token -> institution code")
-    serve.add_argument("--allow-insecure", action="store_true",
-                       help="allow plaintext / no authentication on a non-loopback address")
+    serve.add_argument("--allow-plaintext", action="store_true",
+                       help="allow plaintext (no TLS) on a non-loopback address")
+    serve.add_argument("--allow-unauthenticated", action="store_true",
+                       help="allow callers that name their own institution (no tokens, no client "
+                            "certificates) on a non-loopback address")
     serve.add_argument("--grace", type=float, default=10.0,
                        help="seconds in-flight calls get at shutdown (default 10)")
     serve.add_argument("--ready-file", default=None,
@@ -84,7 +87,8 @@ def run_serve(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     security = SecurityConfig(tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca,
                               tokens=load_tokens(args.tokens) if args.tokens else {},
-                              allow_insecure=args.allow_insecure)
+                              allow_plaintext=args.allow_plaintext,
+                              allow_unauthenticated=args.allow_unauthenticated)
     config = ServerConfig(host=args.host, port=args.port, ledger_path=args.ledger,
                           pack_path=args.pack, catalogue_path=args.catalogue, security=security,
                           grace=args.grace)
@@ -97,9 +101,10 @@ def run_serve(args) -> int:
             import os
             os.replace(args.ready_file + ".tmp", args.ready_file)
 
+    from .ledger import LedgerInUse
     try:
         asyncio.run(serve(config, ready))
-    except ValueError as err:           # a refused configuration (e.g. plaintext off loopback)
+    except (ValueError, LedgerInUse) as err:  # a refused configuration, or the ledger is taken
         print(f"medsettle serve: {err}", file=sys.stderr)
         return 2
     return 0

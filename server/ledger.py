@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import fcntl
 import queue
 import sqlite3
 import threading
@@ -33,6 +34,10 @@ from kernel.layout import ACC_COLS
 
 # ACC_COLS "A_DED_PAID" -> journal delta column "d_ded_paid" and accumulator column "ded_paid"
 ACC_NAMES = [name[2:].lower() for name in ACC_COLS]
+
+
+class LedgerInUse(Exception):
+    """Another process has the ledger file open for writing."""
 
 
 class LedgerConflict(Exception):
@@ -90,13 +95,15 @@ class Ledger(abc.ABC):
         """(balance or None, [(insutype, year, {ACC name: value})]) of a person."""
 
     @abc.abstractmethod
-    async def commit_settlement(self, record: SettlementRecord) -> int:
-        """Journal the settlement and apply its deltas in one durable transaction; its setl_id."""
+    def commit_settlement(self, record: SettlementRecord) -> asyncio.Future:
+        """Journal the settlement and apply its deltas in one durable transaction. The future
+        resolves to its setl_id once durable; it is queued at once, so it lands even when the
+        caller stops waiting for it (a cancelled call)."""
 
     @abc.abstractmethod
-    async def commit_reversal(self, setl_id: int, institution: str) -> int:
-        """Journal a reversal of setl_id and subtract its deltas, once; the reversal's id.
-        Raises LedgerConflict("already_reversed") the second time."""
+    def commit_reversal(self, setl_id: int, institution: str) -> asyncio.Future:
+        """Journal a reversal of setl_id and subtract its deltas, once. The future resolves to the
+        reversal's id, or to LedgerConflict("already_reversed") the second time."""
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -149,6 +156,20 @@ _UPSERT_ACC = (
     + ", ".join(f"{n} = {n} + excluded.{n}" for n in ACC_NAMES))
 _UPSERT_ACCOUNT = ("INSERT INTO account (psn_no, opening, balance) VALUES (?, ?, ?) "
                    "ON CONFLICT (psn_no) DO UPDATE SET balance = balance + ?")
+
+
+def _own(path: str):
+    """Lock `<path>.lock` for this process, or fail at once: the person cache and the per-person
+    serialization are exact only while one process writes the ledger (a second server on the same
+    file, e.g. during a rolling restart, would read stale totals). The kernel drops the lock when
+    the process ends, however it ends."""
+    handle = open(path + ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise LedgerInUse(f"ledger {path} is in use by another process (lock {path}.lock)") from None
+    return handle
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -229,6 +250,7 @@ class SqliteLedger(Ledger):
         self.cache_persons = cache_persons
         self.checkpoint_ops = checkpoint_ops      # wake the checkpointer after this many ops,
         self.checkpoint_every = checkpoint_every  # or after this many seconds
+        self._lock_file = _own(self.path)
         self._reader = _connect(self.path)
         self._reader.executescript(_SCHEMA)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -238,6 +260,7 @@ class SqliteLedger(Ledger):
         self._checkpoint_due = threading.Event()
         self._cache = _PersonCache(cache_persons)
         self._closed = False
+        self.broken: BaseException | None = None   # set if the writer thread failed: no more commits
         self._writer_done = False   # the writer has stopped: the checkpointer stops too
         self.batches = 0            # transactions committed (for the benchmark's batch size)
         self.ops = 0
@@ -295,7 +318,7 @@ class SqliteLedger(Ledger):
 
     # --- commits -------------------------------------------------------------------------------
 
-    async def commit_settlement(self, record):
+    def commit_settlement(self, record):
         def apply(conn):
             try:
                 cur = conn.execute(_INSERT_JOURNAL, (
@@ -314,11 +337,10 @@ class SqliteLedger(Ledger):
                                                opening + record.balance_delta,
                                                record.balance_delta))
             return cur.lastrowid
-        return await self._submit(apply, (record.psn_no, record.insutype, record.year,
-                                          record.acc_delta, record.balance_delta,
-                                          record.opening_balance))
+        return self._submit(apply, (record.psn_no, record.insutype, record.year,
+                                    record.acc_delta, record.balance_delta, record.opening_balance))
 
-    async def commit_reversal(self, setl_id, institution):
+    def commit_reversal(self, setl_id, institution):
         def apply(conn):
             row = conn.execute(f"SELECT {_RECORD_COLS} FROM journal WHERE setl_id = ? "
                                "AND kind = 'settle'", (setl_id,)).fetchone()
@@ -345,16 +367,18 @@ class SqliteLedger(Ledger):
                              (rec.balance_delta, rec.psn_no))
             # the reversal's deltas, for the person cache once committed
             return rid, (rec.psn_no, rec.insutype, rec.year, neg, -rec.balance_delta, None)
-        return await self._submit(apply)
+        return self._submit(apply)
 
-    async def _submit(self, apply, change=None):
-        """Queue apply for the writer. change: the person-cache update its commit makes, or None
-        when apply returns (value, change) itself."""
+    def _submit(self, apply, change=None) -> asyncio.Future:
+        """Queue apply for the writer; the future of its outcome. change: the person-cache update
+        its commit makes, or None when apply returns (value, change) itself."""
         if self._closed:
             raise RuntimeError("ledger is closed")
+        if self.broken is not None:
+            raise RuntimeError(f"ledger writer failed, restart the server: {self.broken!r}")
         fut = asyncio.get_running_loop().create_future()
         self._queue.put(_Op(apply, fut, change))
-        return await fut
+        return fut
 
     def _write_loop(self):
         conn = self._writer_conn
@@ -375,7 +399,13 @@ class SqliteLedger(Ledger):
                     stop = True
                     break
                 batch.append(nxt)
-            outcomes = self._commit_batch(conn, batch)
+            if self.broken is None:
+                try:
+                    outcomes = self._commit_batch(conn, batch)
+                except BaseException as exc:    # a bug after COMMIT: the cache may be off
+                    self.broken = exc
+            if self.broken is not None:         # refuse what is queued; the thread lives on to stop
+                outcomes = [(False, RuntimeError(f"ledger writer failed: {self.broken!r}"))] * len(batch)
             by_loop = {}
             for op, outcome in zip(batch, outcomes):
                 by_loop.setdefault(op.future.get_loop(), []).append((op.future, outcome))
@@ -447,6 +477,7 @@ class SqliteLedger(Ledger):
         self._queue.put(_STOP)
         self._thread.join()
         self._reader.close()
+        self._lock_file.close()                   # another process may own the ledger now
 
 
 def _resolve(items):

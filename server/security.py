@@ -46,7 +46,8 @@ class SecurityConfig:
     tls_key: str | None = None        # server private key (PEM)
     client_ca: str | None = None      # CA of client certificates: mutual TLS, required
     tokens: dict[str, str] = field(default_factory=dict)
-    allow_insecure: bool = False      # plaintext on a non-loopback address
+    allow_plaintext: bool = False     # plaintext (no TLS) on a non-loopback address
+    allow_unauthenticated: bool = False   # open mode (callers name themselves) off loopback
     # no token table and no client CA: callers name themselves with x-institution (loopback only)
     open_institution: str = "local"
 
@@ -60,12 +61,12 @@ class SecurityConfig:
 
     def check_bind(self, host: str) -> None:
         """Plaintext only on loopback unless explicitly allowed; open mode never off loopback."""
-        if not self.tls and not is_loopback(host) and not self.allow_insecure:
+        if not self.tls and not is_loopback(host) and not self.allow_plaintext:
             raise ValueError(f"refusing plaintext on {host}: give --tls-cert/--tls-key, "
-                             "or --allow-insecure")
-        if self.open_mode and not is_loopback(host) and not self.allow_insecure:
+                             "or --allow-plaintext")
+        if self.open_mode and not is_loopback(host) and not self.allow_unauthenticated:
             raise ValueError(f"refusing unauthenticated service on {host}: give --tokens or "
-                             "--client-ca")
+                             "--client-ca, or --allow-unauthenticated")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("--tls-cert and --tls-key go together")
         if self.client_ca and not self.tls:

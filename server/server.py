@@ -187,6 +187,7 @@ class SettlementService(pb_grpc.SettlementServicer):
             raise CallError.from_input(err)
         loop = asyncio.get_running_loop()
         lock = self._locks.get(psn_no)
+        commit: list[asyncio.Future] = []          # the queued commit, once there is one
         try:
             if lock.locked():                      # wait for the person's earlier settlements
                 remaining = None if deadline is None else deadline - loop.time()
@@ -198,15 +199,31 @@ class SettlementService(pb_grpc.SettlementServicer):
                                     "deadline passed while waiting for the person's earlier settlements")
             else:
                 await lock.acquire()               # free: acquired without yielding
-            try:
-                return await self._settle_locked(req, visit, lines, institution, mode, deadline,
-                                                 digest, (psn_no, insutype, year), loop)
-            finally:
-                lock.release()
-        finally:
+        except BaseException:
             self._locks.put(psn_no)
+            raise
+        try:
+            return await self._settle_locked(req, visit, lines, institution, mode, deadline,
+                                             digest, (psn_no, insutype, year), loop, commit)
+        finally:
+            self._unlock(psn_no, lock, commit[0] if commit else None)
 
-    async def _settle_locked(self, req, visit, lines, institution, mode, deadline, digest, key, loop):
+    def _unlock(self, psn_no: str, lock: asyncio.Lock, commit: asyncio.Future | None):
+        """Release the person's lock, but never before their queued commit has landed: a call
+        cancelled while its commit waits for the writer (deadline, client gone) still commits, and
+        the person's next settlement must read the totals it writes."""
+        def release(done=None):
+            if done is not None and not done.cancelled():
+                done.exception()                   # retrieved: the caller may be gone
+            lock.release()
+            self._locks.put(psn_no)
+        if commit is None or commit.done():
+            release()
+        else:
+            commit.add_done_callback(release)
+
+    async def _settle_locked(self, req, visit, lines, institution, mode, deadline, digest, key, loop,
+                             commit):
         state = self.ledger.read_state(*key)
         opening = None
         if state.balance is not None:
@@ -240,7 +257,8 @@ class SettlementService(pb_grpc.SettlementServicer):
             result=convert.encode_stored(result), acc_delta=delta,
             balance_delta=int(one.balance_after) - int(balance), opening_balance=opening)
         try:
-            setl_id = await self.ledger.commit_settlement(record)
+            commit.append(self.ledger.commit_settlement(record))
+            setl_id = await asyncio.shield(commit[0])
         except LedgerConflict as err:
             first = self.ledger.find_request(institution, req.request_id)
             if err.reason == "duplicate_request" and first is not None:
@@ -314,18 +332,23 @@ class SettlementService(pb_grpc.SettlementServicer):
                                 reason="already reversed", value=record.setl_id)
             lock = self._locks.get(record.psn_no)
             try:
-                async with lock:
-                    try:
-                        reversal_id = await self.ledger.commit_reversal(record.setl_id, institution)
-                    except LedgerConflict as err:
-                        code = {"already_reversed": grpc.StatusCode.FAILED_PRECONDITION,
-                                "other_institution": grpc.StatusCode.PERMISSION_DENIED,
-                                "not_found": grpc.StatusCode.NOT_FOUND}.get(
-                                    err.reason, grpc.StatusCode.FAILED_PRECONDITION)
-                        raise CallError(code, str(err), "setl_id", reason=err.reason,
-                                        value=record.setl_id)
-            finally:
+                await lock.acquire()
+            except BaseException:
                 self._locks.put(record.psn_no)
+                raise
+            commit = None
+            try:
+                commit = self.ledger.commit_reversal(record.setl_id, institution)
+                reversal_id = await asyncio.shield(commit)
+            except LedgerConflict as err:
+                code = {"already_reversed": grpc.StatusCode.FAILED_PRECONDITION,
+                        "other_institution": grpc.StatusCode.PERMISSION_DENIED,
+                        "not_found": grpc.StatusCode.NOT_FOUND}.get(
+                            err.reason, grpc.StatusCode.FAILED_PRECONDITION)
+                raise CallError(code, str(err), "setl_id", reason=err.reason,
+                                value=record.setl_id)
+            finally:
+                self._unlock(record.psn_no, lock, commit)
             record.reversed_by = reversal_id
             return pb.ReverseReply(settlement=self._stored_pb(record), reversal_id=str(reversal_id))
         return await self._unary(context, body)
@@ -370,8 +393,6 @@ class SettlementService(pb_grpc.SettlementServicer):
                 log.exception("stream settle failed")
                 reply = pb.SettleStreamReply(request_id=req.request_id, error=CallError(
                     grpc.StatusCode.INTERNAL, f"internal error: {err}").stream_error())
-            finally:
-                window.release()
             out.put_nowait(reply)
 
         async def read():
@@ -393,6 +414,7 @@ class SettlementService(pb_grpc.SettlementServicer):
                 if reply is None:
                     break
                 yield reply
+                window.release()                    # a slot per reply sent: a slow reader slows us
             await reader                            # surfaces a broken request stream
         finally:
             if not reader.done():

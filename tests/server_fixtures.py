@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
-import socket
 import subprocess
 import threading
 import time
@@ -57,12 +56,12 @@ def small_visit(mdtrt_id, psn_no="P9", inscp=2000 * Y, end="2013-03-01"):
 class ThreadServer:
     """start() the real grpc.aio server on a thread; .port, .stop()."""
 
-    def __init__(self, config: ServerConfig, settler):
+    def __init__(self, config: ServerConfig, settler, ledger=None):
         self.config, self.settler = config, settler
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.running = self._run(start(config, settler))
+        self.running = self._run(start(config, settler, ledger))
         self.port = self.running.port
         self.ledger = self.running.ledger
 
@@ -85,40 +84,38 @@ TOKENS = {"tok-h001": "H001", "tok-h002": "H002"}
 
 
 def start_thread_server(settler, tmp_path, security: SecurityConfig | None = None,
-                        ledger_name="ledger.db", **kw) -> ThreadServer:
+                        ledger_name="ledger.db", ledger=None, **kw) -> ThreadServer:
+    """ledger: a ledger object to serve (default: a SqliteLedger on tmp_path / ledger_name)."""
     sec = security or SecurityConfig(tokens=dict(TOKENS))
-    cfg = ServerConfig(host="127.0.0.1", port=0, ledger_path=str(tmp_path / ledger_name),
-                       security=sec, grace=1.0, **kw)
-    return ThreadServer(cfg, settler)
+    path = ledger.path if ledger is not None else str(tmp_path / ledger_name)
+    cfg = ServerConfig(host="127.0.0.1", port=0, ledger_path=path, security=sec, grace=1.0, **kw)
+    return ThreadServer(cfg, settler, ledger)
 
 
 # --- a server in a subprocess (crash test) ------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def spawn_server(tmp_path: Path, ledger: Path, tokens_file: Path, port: int) -> subprocess.Popen:
-    ready = tmp_path / f"ready-{port}"
-    ready.unlink(missing_ok=True)
-    cmd, env = module_command("server.cli", "serve", "--port", str(port), "--ledger", str(ledger),
+def spawn_server(tmp_path: Path, ledger: Path, tokens_file: Path) -> tuple[subprocess.Popen, int]:
+    """`medsettle serve` as its own process on a port it binds itself (no free-port race): the
+    process and the port, read from its ready file once it listens."""
+    ready = tmp_path / f"ready-{time.monotonic_ns()}"
+    log = tmp_path / f"server-{ready.name}.log"
+    cmd, env = module_command("server.cli", "serve", "--port", "0", "--ledger", str(ledger),
                               "--tokens", str(tokens_file), "--ready-file", str(ready), "--grace", "1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"server-{port}.log", "ab"),
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "ab"),
                             env=env, cwd=str(Path(__file__).resolve().parent.parent))
     deadline = time.monotonic() + 60
     while not ready.exists():
         if proc.poll() is not None:
-            raise RuntimeError("server exited: " + (tmp_path / f"server-{port}.log").read_text())
+            raise RuntimeError("server exited: " + log.read_text())
         if time.monotonic() > deadline:
             proc.kill()
             raise RuntimeError("server did not start")
         time.sleep(0.05)
+    port = int(ready.read_text())
     ch = grpc.insecure_channel(f"127.0.0.1:{port}")
     grpc.channel_ready_future(ch).result(timeout=30)
     ch.close()
-    return proc
+    return proc, port
 
 
 # --- certificates -------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 from server.client import Client, MedsettleError
 from server.ledger import ACC_NAMES
 
-from server_fixtures import TOKENS, Y, free_port, small_visit, spawn_server
+from server_fixtures import TOKENS, Y, small_visit, spawn_server
 
 
 def settle_forever(target, token, prefix, persons, acked, stop, stream=False):
@@ -43,6 +43,11 @@ def settle_forever(target, token, prefix, persons, acked, stop, stream=False):
             except MedsettleError:
                 return
             n += 1
+
+
+def streamed(acked):
+    """Whether any acknowledged settlement came through SettleStream (request ids "s-...")."""
+    return any(rid.startswith("s-") for _, rid in acked)
 
 
 def check_ledger_invariants(path):
@@ -76,8 +81,7 @@ def tokens_file(tmp_path):
 
 def test_sigkill_during_settlements_loses_nothing_acknowledged(tmp_path, tokens_file):
     ledger = tmp_path / "ledger.db"
-    port = free_port()
-    proc = spawn_server(tmp_path, ledger, tokens_file, port)
+    proc, port = spawn_server(tmp_path, ledger, tokens_file)
     target = f"127.0.0.1:{port}"
     acked, stop = {}, threading.Event()
     persons = [f"K{i}" for i in range(5)]
@@ -88,7 +92,7 @@ def test_sigkill_during_settlements_loses_nothing_acknowledged(tmp_path, tokens_
     for t in workers:
         t.start()
     deadline = time.monotonic() + 90          # a loaded CI machine is slow; the count decides
-    while len(acked) < 300 and time.monotonic() < deadline:
+    while (len(acked) < 300 or not streamed(acked)) and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)                 # mid-stream, mid-commit
     proc.wait(10)
@@ -96,10 +100,10 @@ def test_sigkill_during_settlements_loses_nothing_acknowledged(tmp_path, tokens_
     for t in workers:
         t.join(30)
     assert len(acked) >= 100, "too few settlements before the kill to prove anything"
+    assert streamed(acked), "the stream acknowledged nothing before the kill"
     snapshot = dict(acked)
 
-    port2 = free_port()
-    proc2 = spawn_server(tmp_path, ledger, tokens_file, port2)
+    proc2, port2 = spawn_server(tmp_path, ledger, tokens_file)
     try:
         clients = {tok: Client(f"127.0.0.1:{port2}", token=tok) for tok in ("tok-h001", "tok-h002")}
         for (tok, rid), settlement in snapshot.items():
@@ -127,8 +131,7 @@ def test_sigkill_during_settlements_loses_nothing_acknowledged(tmp_path, tokens_
 
 def test_sigterm_finishes_in_flight_calls_and_flushes(tmp_path, tokens_file):
     ledger = tmp_path / "ledger.db"
-    port = free_port()
-    proc = spawn_server(tmp_path, ledger, tokens_file, port)
+    proc, port = spawn_server(tmp_path, ledger, tokens_file)
     target = f"127.0.0.1:{port}"
     acked, stop = {}, threading.Event()
     workers = [threading.Thread(target=settle_forever,
@@ -136,7 +139,9 @@ def test_sigterm_finishes_in_flight_calls_and_flushes(tmp_path, tokens_file):
                for w in range(4)]
     for t in workers:
         t.start()
+    deadline = time.monotonic() + 90
     while len(acked) < 50:
+        assert time.monotonic() < deadline, "no settlements acknowledged in 90 s"
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0

@@ -2,11 +2,12 @@
 settlements, opening balances, reversals and eviction, and a failed batch leaves the cache alone."""
 import asyncio
 import random
+import sqlite3
 
 import pytest
 
 from kernel.layout import ACC_COLS
-from server.ledger import LedgerConflict, SettlementRecord, SqliteLedger
+from server.ledger import LedgerConflict, LedgerInUse, SettlementRecord, SqliteLedger
 
 N = len(ACC_COLS)
 
@@ -20,12 +21,11 @@ def record(i, psn_no, insutype="rural", year=2013, acc_delta=None, balance_delta
 
 
 def db_state(path, key):
-    fresh = SqliteLedger(path, cache_persons=0)
-    try:
-        state = fresh.read_state(*key)
-        return {k: v for k, v in state.acc.items() if v} or {}, state.balance
-    finally:
-        fresh.close()
+    """What the SQLite file holds, read with a plain connection (the ledger owns the file)."""
+    with sqlite3.connect(path) as db:
+        found = db.execute(SqliteLedger._state_sql, (*key, key[0])).fetchone()
+    acc = dict(zip(ACC_COLS, found[1:])) if found[1] is not None else {}
+    return {k: v for k, v in acc.items() if v}, found[0]
 
 
 def cached_state(ledger, key):
@@ -89,6 +89,37 @@ def test_refused_and_failed_commits_leave_cache(tmp_path):
             acc, balance = cached_state(ledger, key)
             assert acc == dict(zip(ACC_COLS, [5] * N)) and balance == 900
             assert (acc, balance) == db_state(path, key)
+        finally:
+            ledger.close()
+    asyncio.run(run())
+
+
+def test_one_process_owns_a_ledger(tmp_path):
+    # the person cache and the per-person serialization hold only with one writer process
+    path = str(tmp_path / "ledger.db")
+    first = SqliteLedger(path)
+    try:
+        with pytest.raises(LedgerInUse, match="in use by another process"):
+            SqliteLedger(path)
+    finally:
+        first.close()
+    SqliteLedger(path).close()                              # free again once closed
+
+
+def test_writer_failure_refuses_later_commits(tmp_path):
+    # a fault after COMMIT (here: in the person cache) leaves the cache unknown: the writer fails
+    # that batch's callers and every later commit instead of going on, or dying silently
+    path = str(tmp_path / "ledger.db")
+    key = ("P1", "rural", 2013)
+
+    async def run():
+        ledger = SqliteLedger(path)
+        try:
+            ledger._cache.apply = None                      # not callable: the cache update fails
+            with pytest.raises(RuntimeError, match="ledger writer failed"):
+                await ledger.commit_settlement(record(1, *key, [5] * N))
+            with pytest.raises(RuntimeError, match="restart the server"):
+                await ledger.commit_settlement(record(2, *key, [5] * N))
         finally:
             ledger.close()
     asyncio.run(run())

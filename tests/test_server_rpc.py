@@ -3,6 +3,7 @@ Settle, idempotency, per-person serialization, reversal, and section 9's bad inp
 import asyncio
 import concurrent.futures as cf
 import sqlite3
+import time
 
 import grpc
 import pytest
@@ -15,6 +16,7 @@ from kernel.api import Settler
 from server import settlement_pb2 as pb
 from server import settlement_pb2_grpc as pb_grpc
 from server.client import Client, MedsettleError, settle_request, status_error
+from server.ledger import SqliteLedger
 from server.server import SERVICE_NAME
 
 from server_fixtures import Y, small_visit, start_thread_server, visit_a, visit_b, wire_visit
@@ -166,7 +168,7 @@ def test_100_concurrent_settlements_of_one_person_equal_serial(settler, tmp_path
     concurrent_srv = start_thread_server(settler, tmp_path, ledger_name="concurrent.db")
     try:
         with concurrent_srv.client(token="tok-h001") as c:
-            with cf.ThreadPoolExecutor(32) as pool:
+            with cf.ThreadPoolExecutor(100) as pool:          # all 100 in flight at once
                 replies = list(pool.map(lambda v: c.settle(v, request_id=v["mdtrt_id"]), visits))
             conc_acc = acc_row(c, "P7")
             # the order the server serialized them in: journal order
@@ -303,11 +305,21 @@ def test_expired_deadline_writes_nothing(srv, h1):
         lock.release()
         service._locks.put("P1")
 
+    async def waiting():                   # calls holding or waiting for P1's lock
+        entry = service._locks._locks.get("P1")
+        return entry[1] if entry else 0
+
     lock = srv._run(hold())
     try:
         with pytest.raises(MedsettleError) as e:
             h1.settle(visit_a(), request_id="late", timeout=0.3)
         assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        # the server counts the deadline from the request's arrival, a little after the client:
+        # wait until it has given up too (only our hold is left)
+        give_up = time.monotonic() + 10
+        while srv._run(waiting()) > 1:
+            assert time.monotonic() < give_up, "the server kept waiting past the call's deadline"
+            time.sleep(0.01)
     finally:
         srv._run(release(lock))
     # the lock is handed out in arrival order: had the late call still been waiting, it would
@@ -316,6 +328,33 @@ def test_expired_deadline_writes_nothing(srv, h1):
     assert not first["replayed"]
     assert h1.get_accumulators("P1")["rows"][0]["hifp_inp"] == first["settlement"]["hifp_pay"]
     assert journal_rows(srv) == 1
+
+
+class SlowCommitLedger(SqliteLedger):
+    """The real ledger on a disk whose fsync takes 0.5 s."""
+
+    def _commit_batch(self, conn, batch):
+        time.sleep(0.5)
+        return super()._commit_batch(conn, batch)
+
+
+def test_call_cancelled_while_its_commit_waits(settler, tmp_path):
+    # Example A's deadline passes while its commit is queued: the commit still lands, and the
+    # person's next settlement (example B) must wait for it and read the totals it wrote.
+    slow = start_thread_server(settler, tmp_path, ledger=SlowCommitLedger(str(tmp_path / "slow.db")))
+    try:
+        with slow.client(token="tok-h001") as c:
+            with pytest.raises(MedsettleError) as e:
+                c.settle(visit_a(), request_id="A", timeout=0.2)
+            assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+            b = c.settle(visit_b(), request_id="B", timeout=10)["settlement"]
+            assert b["hifp_lmt"] == 53376 * Y - 45220 * Y and b["hifp_pay"] == 8156 * Y
+            # the timed-out request did commit: its retry is a replay of it
+            a = c.settle(visit_a(), request_id="A", timeout=10)
+            assert a["replayed"] and a["settlement"]["hifp_pay"] == 45220 * Y
+            assert acc_row(c)["hifp_inp"] == 53376 * Y
+    finally:
+        slow.stop()
 
 
 def test_unauthenticated(srv):

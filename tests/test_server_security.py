@@ -35,7 +35,7 @@ def test_tls_with_tokens(settler, tmp_path, pki):
         with Client(target, ca=pki.ca) as c, pytest.raises(MedsettleError) as e:
             c.get_settlement(s["setl_id"])
         assert e.value.code == grpc.StatusCode.UNAUTHENTICATED
-        with Client(target, token="tok-h001", timeout=2) as c, pytest.raises(MedsettleError) as e:
+        with Client(target, token="tok-h001", timeout=10) as c, pytest.raises(MedsettleError) as e:
             c.get_settlement(s["setl_id"])             # plaintext to a TLS port
         assert e.value.code == grpc.StatusCode.UNAVAILABLE
     finally:
@@ -64,7 +64,7 @@ def test_mutual_tls_institution_from_certificate(settler, tmp_path, pki):
         assert e.value.code == grpc.StatusCode.UNAUTHENTICATED
         # no client certificate, or one from another CA: the handshake fails
         for kw in ({}, {"cert": pki.rogue_cert, "key": pki.rogue_key}):
-            with Client(target, ca=pki.ca, token="tok-h001", timeout=3, **kw) as c, \
+            with Client(target, ca=pki.ca, token="tok-h001", timeout=10, **kw) as c, \
                     pytest.raises(MedsettleError) as e:
                 c.get_accumulators("P1")
             assert e.value.code == grpc.StatusCode.UNAVAILABLE
@@ -83,7 +83,10 @@ def test_open_mode_is_loopback_only_and_plaintext_needs_loopback(pki):
         SecurityConfig(tokens=dict(TOKENS)).check_bind("0.0.0.0")
     with pytest.raises(ValueError, match="unauthenticated"):
         SecurityConfig(tls_cert=str(pki.server_cert), tls_key=str(pki.server_key)).check_bind("0.0.0.0")
-    SecurityConfig(tokens=dict(TOKENS), allow_insecure=True).check_bind("0.0.0.0")
+    SecurityConfig(tokens=dict(TOKENS), allow_plaintext=True).check_bind("0.0.0.0")
+    with pytest.raises(ValueError, match="unauthenticated"):    # plaintext allowed is not open mode
+        SecurityConfig(allow_plaintext=True).check_bind("0.0.0.0")
+    SecurityConfig(allow_plaintext=True, allow_unauthenticated=True).check_bind("0.0.0.0")
     SecurityConfig(tls_cert=str(pki.server_cert), tls_key=str(pki.server_key),
                    tokens=dict(TOKENS)).check_bind("0.0.0.0")
     with pytest.raises(ValueError, match="mutual TLS"):
