@@ -4,6 +4,7 @@ from libc.stdint cimport int64_t, int32_t, int16_t, int8_t
 cdef enum:
     BLOCK = 64                  # visits settled into a cached block before their out columns are written
     STREAM_BYTES = 1 << 22      # out arrays larger than this are written with streaming stores
+    PREFETCH_AHEAD = 16         # visits ahead whose accumulator row is prefetched (random rows in time order)
 
 
 # One visit's inputs, gathered once before the chain runs; the layers only read it.

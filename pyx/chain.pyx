@@ -9,13 +9,15 @@ from libc.stdint cimport int64_t, int32_t, int16_t, int8_t
 from libc.string cimport memcpy
 from money cimport rh, min64, max64
 # setup.py names this module kernel._chain, so Cython does not pair it with chain.pxd: cimport the types.
-from chain cimport Visit, Settlement, BLOCK, STREAM_BYTES
+from chain cimport Visit, Settlement, BLOCK, STREAM_BYTES, PREFETCH_AHEAD
 
 cdef extern from *:
     """
     #include <string.h>
     #define MEDSETTLE_UNLIMITED ((int64_t)1 << 62)
     #define medsettle_ctz(x) __builtin_ctzll((unsigned long long)(x))
+    /* a hint to fetch the line holding p for writing; no effect on results */
+    #define medsettle_prefetch(p) __builtin_prefetch((const void*)(p), 1, 3)
     #if defined(__x86_64__)
     #include <emmintrin.h>
     /* Copy with streaming (non-temporal) stores: 16 bytes at a time once dst is 16-byte aligned. */
@@ -49,6 +51,8 @@ cdef extern from *:
     int64_t count_trailing_zeros "medsettle_ctz"(int64_t x) noexcept nogil
     # copies count int64 with stores that bypass the cache (x86-64): out columns are not read back soon
     void stream_copy "medsettle_stream_copy"(int64_t* dst, const int64_t* src, Py_ssize_t count) noexcept nogil
+    # starts loading the cache line at p (for writing); changes nothing else
+    void prefetch "medsettle_prefetch"(const void* p) noexcept nogil
     # orders the streaming stores before the GIL is taken back
     void store_fence "medsettle_fence"() noexcept nogil
 
@@ -495,6 +499,7 @@ def settle(const int64_t[:, ::1] rules, const int64_t[:, ::1] diseases, const in
     cdef int32_t* flags_p = &flags[0]
     cdef int64_t groups = n_groups
     cdef int64_t* acc_row
+    cdef const int64_t* ahead
     cdef int64_t r, pool
     cdef Py_ssize_t i, i0, j, count
     cdef Visit v
@@ -509,6 +514,13 @@ def settle(const int64_t[:, ::1] rules, const int64_t[:, ::1] diseases, const in
             count = min(<Py_ssize_t>BLOCK, n - i0)
             for j in range(count):
                 i = i0 + j
+                if i + PREFETCH_AHEAD < n:
+                    # in settlement-time order each visit reaches a random accumulator row: start
+                    # loading the row (and balance) of a later visit now, so DRAM latency overlaps work
+                    ahead = acc_p + <Py_ssize_t>acc_slot_p[i + PREFETCH_AHEAD] * N_ACC
+                    prefetch(ahead)
+                    prefetch(ahead + N_ACC - 1)
+                    prefetch(balance_p + psn_slot_p[i + PREFETCH_AHEAD])
                 r = rule_p[i]
                 acc_row = acc_p + <Py_ssize_t>acc_slot_p[i] * N_ACC
                 v.rule = rules_p + r * N_RULE
