@@ -123,3 +123,22 @@ def test_writer_failure_refuses_later_commits(tmp_path):
         finally:
             ledger.close()
     asyncio.run(run())
+
+
+def test_same_request_twice_in_one_batch(tmp_path):
+    # queued together (one group commit): the first is journaled, the repeat refused, the rest kept
+    path = str(tmp_path / "ledger.db")
+    key = ("P1", "rural", 2013)
+
+    async def run():
+        ledger = SqliteLedger(path)
+        try:
+            futures = [ledger.commit_settlement(record(i, *key, [1] * N, 0, None)) for i in (1, 1, 2)]
+            outcomes = await asyncio.gather(*futures, return_exceptions=True)
+            assert isinstance(outcomes[1], LedgerConflict) and outcomes[1].reason == "duplicate_request"
+            assert outcomes[0] != outcomes[2] and all(isinstance(o, int) for o in (outcomes[0], outcomes[2]))
+            assert cached_state(ledger, key)[0] == dict(zip(ACC_COLS, [2] * N))
+        finally:
+            ledger.close()
+        assert db_state(path, key)[0] == dict(zip(ACC_COLS, [2] * N))
+    asyncio.run(run())
