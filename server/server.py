@@ -49,11 +49,13 @@ class CallError(Exception):
                                      mdtrt_id=mdtrt_id or "")
 
     @classmethod
-    def from_input(cls, err: InputError) -> "CallError":
+    def from_input(cls, err: InputError, mdtrt_id: str = "") -> "CallError":
+        """INVALID_ARGUMENT naming the field, line and value; mdtrt_id: the request's visit, for
+        an error that does not name it itself (a line item's)."""
         where = f"line {err.line}: " if err.line is not None else ""
         message = f"{where}{err.field}: {err.rule} (value: {err.value!r})"
         return cls(grpc.StatusCode.INVALID_ARGUMENT, message, err.field, err.line or 0, err.rule,
-                   err.value, err.mdtrt_id or "")
+                   err.value, err.mdtrt_id or mdtrt_id)
 
     def status(self) -> status_pb2.Status:
         """The google.rpc.Status of the failed call: code, message, the ErrorDetail as an Any."""
@@ -129,7 +131,7 @@ class SettlementService(pb_grpc.SettlementServicer):
         try:
             visit, lines = convert.request_to_kernel(req)
         except InputError as err:
-            raise CallError.from_input(err)
+            raise CallError.from_input(err, req.visit.mdtrt_id)
         claimed = visit.get("fixmedins_code")
         if claimed and claimed != institution:
             raise CallError(grpc.StatusCode.PERMISSION_DENIED,
@@ -184,7 +186,7 @@ class SettlementService(pb_grpc.SettlementServicer):
         try:
             psn_no, insutype, year = self.settler.acc_key(visit)
         except InputError as err:
-            raise CallError.from_input(err)
+            raise CallError.from_input(err, visit["mdtrt_id"])
         loop = asyncio.get_running_loop()
         lock = self._locks.get(psn_no)
         commit: list[asyncio.Future] = []          # the queued commit, once there is one
@@ -234,7 +236,7 @@ class SettlementService(pb_grpc.SettlementServicer):
         try:
             one = self.settler.settle_one(visit, lines, state.acc, balance, mode)
         except InputError as err:
-            raise CallError.from_input(err)
+            raise CallError.from_input(err, visit["mdtrt_id"])
         setl_time = req.visit.setl_time
         if mode == "presettle":
             return convert.result_to_pb(one, request_id=req.request_id, institution=institution,
