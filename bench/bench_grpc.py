@@ -1,6 +1,7 @@
 """Real-time benchmark: medsettle's committed Settle against a bare grpcio echo, in one run.
 
     python bench/bench_grpc.py --json bench-grpc.json     # about 90 s; prints the table, writes JSON
+    python bench/bench_grpc.py --seconds 0.3 --rounds 1   # a check that it runs, ~10 s
 
 Client and servers on 127.0.0.1, each server in its own subprocess, same messages (bench/echo.proto):
   - unary calls/s at 64 in flight: echo vs Settle (target: Settle >= 70% of echo)
@@ -28,11 +29,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# bench/ is not installed: reach it from the checkout after the installed packages (kernel and server
+# stay the installed build; an in-place build not installed is found here too)
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
 
 import grpc  # noqa: E402
 
 from server import settlement_pb2 as pb  # noqa: E402
+from server.cli import module_command  # noqa: E402
 from server import settlement_pb2_grpc as pb_grpc  # noqa: E402
 
 HOST = "127.0.0.1"             # loopback only
@@ -110,8 +115,8 @@ class Spawned:
     """A server subprocess on a free loopback port; killed on exit, whatever happens."""
 
     def __init__(self, role: str, ledger: str = "", timeout: float = 60.0):
-        self.proc = subprocess.Popen([sys.executable, __file__, "--role", role, "--port", "0",
-                                      "--ledger", ledger], stdout=subprocess.PIPE, cwd=str(ROOT))
+        cmd, env = module_command("bench.bench_grpc", "--role", role, "--port", "0", "--ledger", ledger)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=str(ROOT), env=env)
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         line = self.proc.stdout.readline().split() if ready else []
         if len(line) != 2 or line[0] != b"ready":

@@ -4,6 +4,7 @@ same input.
 
     python bench/bench_resettle.py                      # 10,000,000 visits (synthesized once, ~330 MB in /tmp)
     python bench/bench_resettle.py --visits 1000000 --runs single
+    python bench/bench_resettle.py --visits 20000 --partition-rows 5000 --dir /tmp/mb-small   # ~10 s check
 
 Each run is a fresh child process; this process samples the resident memory of the child and all
 its descendants (worker processes, Dask nanny and workers) every 100 ms: "peak RSS" is the peak of
@@ -22,6 +23,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# bench/ is not installed: reach it from the checkout after the installed packages (kernel stays the
+# installed build; an in-place build not installed is found here too)
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
+
+from server.cli import module_command  # noqa: E402  (children import exactly what this process does)
+
 RUNS = {"single": ("single machine", 0), "single1": ("one process", 0), "dask1": ("dask 1 worker", 1),
         "dask2": ("dask 2 workers", 2)}
 
@@ -50,7 +58,6 @@ class LineProgress:
 
 def child(args):
     """One measured run (called in a fresh process)."""
-    sys.path.insert(0, str(ROOT))
     from kernel.resettle import Plan, PolicySpec, resettle
     plan = Plan(visits=args.visits_path, new=PolicySpec(None, "2013-aug"), old=PolicySpec(),
                 partition_rows=args.partition_rows, processes=1 if args.run == "single1" else args.processes)
@@ -104,9 +111,9 @@ def tree_rss(pid):
     return total
 
 
-def measured(cmd):
+def measured(cmd, env):
     """Run cmd (stderr passed through for progress); (its last stdout line as JSON, peak tree RSS)."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env)
     peak = [0]
     done = threading.Event()
 
@@ -151,8 +158,9 @@ def main():
     if not visits.exists():
         print(f"synthesizing {args.visits:,} visits -> {visits} (once) ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "kernel.cli", "synth", "--visits", str(args.visits), "--amounts",
-                        "precomputed", "--out", str(visits.parent)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        cmd, env = module_command("kernel.cli", "synth", "--visits", str(args.visits), "--amounts",
+                                  "precomputed", "--out", str(visits.parent))
+        subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
         print(f"synthesized in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     import pyarrow
     import psutil
@@ -161,9 +169,10 @@ def main():
     for key in [r.strip() for r in args.runs.split(",") if r.strip()]:
         label, _ = RUNS[key]
         print(f"{label}:", file=sys.stderr, flush=True)
-        r, peak = measured([sys.executable, __file__, "--child", "--run", key, "--visits-path", str(visits),
-                            "--out", str(d / f"out-{key}"), "--partition-rows", str(args.partition_rows),
-                            "--processes", str(args.processes)] + (["--dask-trim"] if args.dask_trim else []))
+        r, peak = measured(*module_command(
+            "bench.bench_resettle", "--child", "--run", key, "--visits-path", str(visits),
+            "--out", str(d / f"out-{key}"), "--partition-rows", str(args.partition_rows),
+            "--processes", str(args.processes), *(["--dask-trim"] if args.dask_trim else [])))
         r["peak_rss"] = peak
         r["visits_per_s"] = r["rows"] / r["wall"]
         results[key] = r

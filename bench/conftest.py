@@ -1,8 +1,9 @@
 """Benchmark session: collect each kernel figure beside its memory-bandwidth limit, print the ratios.
 
     pytest bench/ --benchmark-only        (or: pytest bench/test_kernel_speed.py)
+    pytest bench/ --quick                 # the same at 20k visits a block: a check that it runs
 
-Results also go to out/bench_kernel.json (read by the README table).
+Results also go to out/bench_kernel.json (read by the README table; out/bench_kernel-quick.json with --quick).
 """
 import json
 import os
@@ -12,6 +13,19 @@ from pathlib import Path
 import pytest
 
 RESULTS = {}
+BLOCK = 1_000_000               # visits in one block of the kernel benchmarks
+QUICK_BLOCK = 20_000            # with --quick: the harness checked in seconds, the figures meaningless
+
+
+def pytest_addoption(parser):
+    parser.addoption("--quick", action="store_true",
+                     help=f"blocks of {QUICK_BLOCK:,} visits instead of {BLOCK:,}: checks the benchmarks run")
+
+
+@pytest.fixture(scope="session")
+def block(request) -> int:
+    """Visits in one block (the 10M cases tile ten blocks)."""
+    return QUICK_BLOCK if request.config.getoption("--quick") else BLOCK
 
 
 @pytest.fixture(scope="session")
@@ -39,4 +53,6 @@ def pytest_terminal_summary(terminalreporter):
     out = Path("out")
     out.mkdir(exist_ok=True)
     facts = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
-    (out / "bench_kernel.json").write_text(json.dumps({"facts": facts, "results": RESULTS}, indent=2))
+    # a --quick run's figures mean nothing: they must not replace the real ones the README reads
+    name = "bench_kernel-quick.json" if terminalreporter.config.getoption("--quick") else "bench_kernel.json"
+    (out / name).write_text(json.dumps({"facts": facts, "results": RESULTS}, indent=2))

@@ -22,8 +22,6 @@ from kernel.adapter import prepare
 from kernel.api import Settler, shipped_pack_path
 from kernel.synth import synth_precomputed, synth_visits
 
-BLOCK = 1_000_000
-
 
 def limit_copy(nbytes):
     """A numpy copy moving nbytes in total (nbytes/2 read, nbytes/2 written)."""
@@ -45,13 +43,13 @@ def timed(fn, rounds=5, setup=None):
 
 @pytest.fixture(scope="module", params=[("sample_rural", "person"), ("sample_city", "person"),
                                         ("sample_rural", "time")], ids=lambda p: f"{p[0]}-{p[1]}-order")
-def prepared(request):
+def prepared(request, block):
     """A file grouped by person then settlement time (a person's accumulator row stays in cache),
     or in settlement-time order as a day's file comes (every visit reaches a far accumulator row).
     Both are settled in input order, with no permutation."""
     name, order = request.param
     settler = Settler.from_files(shipped_pack_path(name))
-    visits = synth_precomputed(settler.pack, BLOCK, seed=11, n_persons=BLOCK // 3)
+    visits = synth_precomputed(settler.pack, block, seed=11, n_persons=block // 3)
     if order == "person":
         visits = visits.sort_by([("psn_no", "ascending"), ("setl_time", "ascending")])
     return f"{name} {order} order", settler, prepare(settler.compiled, settler.catalogue, visits, None)
@@ -70,7 +68,7 @@ def tile(prep, copies):
         n_slots=n_slots * copies, balance=np.tile(prep.balance, copies))
 
 
-@pytest.mark.parametrize("copies", [1, 10], ids=["1M", "10M"])
+@pytest.mark.parametrize("copies", [1, 10], ids=["1M", "10M"])     # with --quick: 20k, 200k
 def test_chain(benchmark, record, prepared, copies):
     name, settler, prep = prepared
     a = tile(prep, copies)
@@ -100,7 +98,7 @@ def test_chain(benchmark, record, prepared, copies):
     benchmark.pedantic(run, setup=reset, rounds=5, iterations=1)
     kernel_s = benchmark.stats.stats.min
     limit_s = timed(copy)
-    record(f"chain {name} {n // 1_000_000}M", rate=n / kernel_s, limit_rate=n / limit_s,
+    record(f"chain {name} {n / 1e6:g}M", rate=n / kernel_s, limit_rate=n / limit_s,
            target=20_000_000, bytes_per_visit=(in_bytes + out_bytes) / n)
     # the run really settled: identities of section 7 on what it wrote
     c = {k: out[i] for i, k in enumerate(layout.OUT_COLS)}
@@ -108,16 +106,16 @@ def test_chain(benchmark, record, prepared, copies):
 
 
 @pytest.fixture(scope="module")
-def lines_block():
+def lines_block(block):
     settler = Settler.from_files(shipped_pack_path("sample_rural"))
-    visits, lines = synth_visits(settler.pack, settler.catalogue, 200_000, seed=5)
+    visits, lines = synth_visits(settler.pack, settler.catalogue, block // 5, seed=5)
     return settler, visits, lines
 
 
-def test_itemize_10M_lines(benchmark, record, lines_block):
+def test_itemize_10M_lines(benchmark, record, lines_block, block):
     settler, visits, lines = lines_block
     m0 = lines.num_rows
-    copies = -(-10_000_000 // m0)
+    copies = -(-10 * block // m0)                   # 10M lines (200k with --quick)
     code = np.tile(settler.catalogue.lookup(lines.column("hilist_code")).astype(np.int32), copies)
     qty = np.tile(np.asarray(lines.column("cnt")), copies)
     price = np.tile(np.asarray(lines.column("pric")), copies)

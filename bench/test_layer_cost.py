@@ -1,7 +1,7 @@
 """What each layer of the chain costs: the kernel on the same 1M visits under packs that switch one
 layer on at a time (over a base of deductible + basic fund), and every layer on, in one run.
 
-    pytest bench/test_layer_cost.py
+    pytest bench/test_layer_cost.py            (--quick: 20k visits, a check that it runs)
 
 Target (issue 3): with every layer on, at least 15M visits/s on one core.
 """
@@ -20,26 +20,26 @@ from kernel.catalogue import default_catalogue
 from kernel.policy import pack_from_raw
 from kernel.synth import synth_precomputed
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+# the tests' pack generator, after the installed packages (kernel stays what this session imports)
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
 from packgen import LAYERS, random_pack_raw  # noqa: E402
 
-N = 1_000_000
 BASE = {"deductible", "basic_cap"}
 CASES = [("base: deductible + basic fund", BASE)] + \
         [(f"+ {layer}", BASE | {layer}) for layer in LAYERS if layer not in BASE] + \
         [("every layer", set(LAYERS))]
 
 
-def kernel_rate(pack):
+def kernel_rate(pack, n):
     settler = Settler(pack, default_catalogue())
-    visits = synth_precomputed(pack, N, seed=21, n_persons=N // 3).sort_by(
+    visits = synth_precomputed(pack, n, seed=21, n_persons=n // 3).sort_by(
         [("psn_no", "ascending"), ("setl_time", "ascending")])     # grouped by person: see test_kernel_speed
     p = prepare(settler.compiled, settler.catalogue, visits, None)
     cp = settler.compiled
     acc = np.zeros((len(p.slot_psn), len(layout.ACC_COLS)), np.int64)
-    out = np.zeros((len(layout.OUT_COLS), N), np.int64)
-    status = np.zeros(N, np.int8)
-    flags = np.zeros(N, np.int32)
+    out = np.zeros((len(layout.OUT_COLS), n), np.int64)
+    status = np.zeros(n, np.int8)
+    flags = np.zeros(n, np.int32)
     best = float("inf")
     for _ in range(5):
         acc.fill(0)
@@ -49,10 +49,10 @@ def kernel_rate(pack):
                p.out_area, p.referral, p.bed_days, p.acct_used, p.acc_slot, p.psn_slot, acc, balance,
                layout.MODE_SETTLE, out, status, flags)
         best = min(best, time.perf_counter() - t0)
-    return N / best
+    return n / best
 
 
 @pytest.mark.parametrize("name,layers", CASES, ids=[c[0] for c in CASES])
-def test_layer_cost(record, name, layers):
+def test_layer_cost(record, block, name, layers):
     pack = pack_from_raw(random_pack_raw(7, layers=layers), name)
-    record(f"layers: {name}", rate=kernel_rate(pack), target=15_000_000)
+    record(f"layers: {name}", rate=kernel_rate(pack, block), target=15_000_000)

@@ -12,15 +12,18 @@
   not hidden by the client waiting for it).
 - Bounds: it stops issuing at --duration seconds or --requests calls, whichever comes first, then
   waits at most --timeout (every call's deadline) plus 5 s for the calls in flight: it always stops.
-- Report: throughput, latency p50/p90/p99/p99.9 from an HDR histogram (microsecond resolution, 3
-  significant digits), per operation and per second, errors by gRPC status code; JSON and a
-  latency-over-time chart (matplotlib, the `report` extra).
+- Report: throughput (calls completed, whatever their status, over the seconds from the first send
+  to the last completion: the calls in flight when sending stops are counted, so is their time),
+  latency p50/p90/p99/p99.9 from an HDR histogram (microsecond resolution, 3 significant digits),
+  per operation and per second, errors by gRPC status code; JSON and a latency-over-time chart
+  (matplotlib, the `report` extra).
 - Ledger check: a Settle whose outcome the client cannot know (deadline, connection lost) is looked
   up by its request id; then every touched person's accumulators (GetAccumulators) must equal the
   sums of the acknowledged, unreversed settlements: deductible, basic fund per pool, large-amount,
   serious illness, civil servant, assistance, admissions (and the account balance).
 
-Traffic goes to the loopback address only (127.0.0.1, ::1, localhost).
+Target: the loopback address (127.0.0.1, ::1, localhost) unless --allow-remote is given; a remote
+target (a staging server) needs TLS: --ca, and --cert/--key for mutual TLS, as `medsettle call`.
 """
 from __future__ import annotations
 
@@ -37,7 +40,6 @@ from pathlib import Path
 
 OPS = ["presettle", "settle", "reverse", "query"]
 DEFAULT_MIX = "settle=70,presettle=15,reverse=5,query=10"
-LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 # status codes after which a Settle may or may not have been committed: looked up afterwards
 AMBIGUOUS = {"DEADLINE_EXCEEDED", "UNAVAILABLE", "CANCELLED", "UNKNOWN", "INTERNAL", "RESOURCE_EXHAUSTED"}
 # accumulator (wire name) <- settlement amount it sums
@@ -65,11 +67,37 @@ def parse_mix(text: str) -> dict[str, float]:
     return mix
 
 
-def check_target(target: str) -> None:
+def check_target(target: str, allow_remote: bool = False, ca: str | None = None) -> None:
+    """Loopback by default; another host only when asked for, and then over TLS (a bearer token
+    must not cross the network in clear)."""
+    from .security import is_loopback
     host = target.rsplit(":", 1)[0] if target.count(":") == 1 or target.startswith("[") else target
-    if host not in LOOPBACK:
-        raise ValueError(f"target {target!r}: the load generator sends traffic to the loopback "
-                         f"address only (127.0.0.1, ::1, localhost)")
+    if is_loopback(host):
+        return
+    if not allow_remote:
+        raise ValueError(f"target {target!r} is not a loopback address (127.0.0.1, ::1, localhost): "
+                         "pass --allow-remote to load another server (a staging server)")
+    if ca is None:
+        raise ValueError(f"target {target!r}: a remote target needs TLS: give --ca (and --cert, --key "
+                         "for mutual TLS)")
+
+
+def check_config(cfg: "Config") -> None:
+    """Every setting that would stop a run, checked before anything is sent (ValueError)."""
+    check_target(cfg.target, cfg.allow_remote, cfg.ca)
+    if (cfg.rate is None) == (cfg.concurrency is None):
+        raise ValueError("give exactly one of a fixed rate or a fixed concurrency")
+    if cfg.rate is not None and cfg.rate <= 0 or cfg.concurrency is not None and cfg.concurrency < 1:
+        raise ValueError("the rate and the concurrency must be positive")
+    if cfg.duration <= 0 or cfg.requests < 1:
+        raise ValueError("--duration and --requests bound the run: both must be positive")
+    if (cfg.cert is None) != (cfg.key is None):
+        raise ValueError("--cert and --key go together (mutual TLS)")
+    if cfg.cert is not None and cfg.ca is None:
+        raise ValueError("--cert and --key need --ca (the server's CA): they are for TLS")
+    for flag, path in (("--ca", cfg.ca), ("--cert", cfg.cert), ("--key", cfg.key)):
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"{flag} {path}: no such file")
 
 
 @dataclasses.dataclass
@@ -87,6 +115,11 @@ class Config:
     catalogue: str | None = None
     token: str | None = None
     institution: str | None = None          # x-institution, for a server without authentication
+    ca: str | None = None                   # the server's CA (PEM): TLS
+    cert: str | None = None                 # client certificate and key (PEM): mutual TLS
+    key: str | None = None
+    server_name: str | None = None          # the name the server's certificate carries, if not the target's
+    allow_remote: bool = False              # a target other than loopback (then TLS is required)
     timeout: float = 10.0                   # every call's deadline, seconds
     max_in_flight: int = 2048               # open loop: calls in flight at most (later ones wait)
     tag: str | None = None                  # run tag on person and visit ids (default: random)
@@ -188,6 +221,7 @@ class LoadRun:
         self.sequence = 0                                 # request ids
         self.issued = 0
         self.in_flight = 0
+        self.last_send = self.last_completion = None      # perf_counter of the last call sent / ended
         self.stopped_by = None
 
     # --- requests ---
@@ -216,6 +250,7 @@ class LoadRun:
         """One operation; latency from `due` (the scheduled time in open loop, the send otherwise)."""
         op = self._choose()
         self.sent[op] += 1
+        self.last_send = time.perf_counter()
         grpc, pb = self.grpc, self.pb
         code = "OK"
         try:
@@ -261,7 +296,8 @@ class LoadRun:
             code = "CANCELLED"
             raise
         finally:
-            us = max(1, min(HIST_MAX_US, int((time.perf_counter() - due) * 1e6)))
+            self.last_completion = time.perf_counter()
+            us = max(1, min(HIST_MAX_US, int((self.last_completion - due) * 1e6)))
             self.codes[op][code] += 1
             self.hist.record_value(us)
             self.hist_op[op].record_value(us)
@@ -321,11 +357,29 @@ class LoadRun:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
-    async def run(self) -> dict:
-        grpc = self.grpc
+    def _channel(self):
+        """Plaintext without ca; TLS with ca; mutual TLS adding cert and key (as server.client.channel,
+        for grpc.aio)."""
+        cfg, grpc = self.cfg, self.grpc
         options = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
-        async with grpc.aio.insecure_channel(self.cfg.target, options=options) as channel:
-            await asyncio.wait_for(channel.channel_ready(), timeout=self.cfg.timeout)
+        if cfg.ca is None:
+            return grpc.aio.insecure_channel(cfg.target, options=options)
+        creds = grpc.ssl_channel_credentials(Path(cfg.ca).read_bytes(),
+                                             Path(cfg.key).read_bytes() if cfg.key else None,
+                                             Path(cfg.cert).read_bytes() if cfg.cert else None)
+        if cfg.server_name:
+            options.append(("grpc.ssl_target_name_override", cfg.server_name))
+        return grpc.aio.secure_channel(cfg.target, creds, options=options)
+
+    async def run(self) -> dict:
+        async with self._channel() as channel:
+            try:
+                await asyncio.wait_for(channel.channel_ready(), timeout=self.cfg.timeout)
+            except TimeoutError:
+                raise ConnectionError(
+                    f"no connection to {self.cfg.target} within {self.cfg.timeout:g} s"
+                    + (" (TLS: check --ca, --cert, --key, --server-name)" if self.cfg.ca else
+                       " (plaintext: a TLS server needs --ca)")) from None
             stub = self.pb_grpc.SettlementStub(channel)
             tasks: set = set()
             cpu0 = time.process_time()
@@ -336,7 +390,6 @@ class LoadRun:
                 await asyncio.wait_for(shape(stub, tasks), timeout=self.cfg.duration + self.cfg.timeout + 5)
             except TimeoutError:
                 self.stopped_by = self.stopped_by or "hard stop"
-            issuing_ended = time.perf_counter()
             pending = [t for t in tasks if not t.done()]
             if pending:                              # the calls in flight: their deadline, then cancel
                 done, late = await asyncio.wait(pending, timeout=self.cfg.timeout + 5)
@@ -349,7 +402,7 @@ class LoadRun:
                 reporter.cancel()
             resolved = await self._resolve(stub)
             ledger = await self._check_ledger(stub) if self.cfg.check_ledger else None
-        return self._report(elapsed, issuing_ended - self.t0, client_cpu, resolved, ledger)
+        return self._report(elapsed, client_cpu, resolved, ledger)
 
     async def _progress(self):
         while True:
@@ -457,7 +510,7 @@ class LoadRun:
                 "get_settlement_mismatches": self.mismatched_reads,
                 "mismatches": mismatches[:50], "mismatch_count": len(mismatches)}
 
-    def _report(self, elapsed, issuing, client_cpu, resolved, ledger) -> dict:
+    def _report(self, elapsed, client_cpu, resolved, ledger) -> dict:
         def lat(h):
             if h.get_total_count() == 0:
                 return None
@@ -480,18 +533,25 @@ class LoadRun:
         for c in self.codes.values():
             errors.update({k: v for k, v in c.items() if k != "OK"})
         cfg = self.cfg
+        # seconds from the first send to the last send, and to the last completion: a call still in
+        # flight when sending stops is counted when it ends, so the window runs until then
+        issuing = self.last_send - self.t0 if self.last_send is not None else 0.0
+        window = self.last_completion - self.t0 if self.last_completion is not None else 0.0
         return {
             "tool": "medsettle loadtest", "when": dt.datetime.now().isoformat(timespec="seconds"),
             "target": cfg.target, "tag": cfg.tag,
             "load": ({"mode": "rate", "rate_per_s": cfg.rate, "max_in_flight": cfg.max_in_flight}
                      if cfg.rate else {"mode": "concurrency", "concurrency": cfg.concurrency}),
             "bounds": {"duration_s": cfg.duration, "requests": cfg.requests, "stopped_by": self.stopped_by,
-                       "issuing_s": round(issuing, 3), "elapsed_s": round(elapsed, 3)},
+                       "issuing_s": round(issuing, 3), "completion_s": round(window, 3),
+                       "elapsed_s": round(elapsed, 3)},
             "mix": cfg.mix, "visits": {"drawn": len(self.visits), "line_items": cfg.lines, "seed": cfg.seed},
             "calls": {"issued": self.issued, "completed": done, "ok": ok, "errors": dict(errors)},
-            "throughput_per_s": round(done / issuing, 1) if issuing > 0 else None,
+            "throughput_per_s": round(done / window, 1) if window > 0 else None,
+            "throughput_basis": "calls completed (any status) / completion_s, the seconds from the first "
+                                "send to the last completion",
             "committed_settlements": committed_settles,
-            "committed_settlements_per_s": round(committed_settles / issuing, 1) if issuing > 0 else None,
+            "committed_settlements_per_s": round(committed_settles / window, 1) if window > 0 else None,
             "latency": lat(self.hist), "by_op": by_op,
             "latency_measured_from": "scheduled send time (open loop)" if cfg.rate else "send",
             "client_cpu_s": round(client_cpu, 3),
@@ -500,14 +560,9 @@ class LoadRun:
 
 
 def run(cfg: Config, visits=None) -> dict:
-    """Run a load test (blocking) and return the report dict. `visits`: (pack, visit list) to reuse."""
-    check_target(cfg.target)
-    if (cfg.rate is None) == (cfg.concurrency is None):
-        raise ValueError("give exactly one of a fixed rate or a fixed concurrency")
-    if cfg.rate is not None and cfg.rate <= 0 or cfg.concurrency is not None and cfg.concurrency < 1:
-        raise ValueError("the rate and the concurrency must be positive")
-    if cfg.duration <= 0 or cfg.requests < 1:
-        raise ValueError("--duration and --requests bound the run: both must be positive")
+    """Run a load test (blocking) and return the report dict. `visits`: (pack, visit list) to reuse.
+    ValueError for a setting that stops the run, ConnectionError when the target does not answer."""
+    check_config(cfg)
     cfg.tag = cfg.tag or f"LT{uuid.uuid4().hex[:8]}-"
     pack, visit_list = visits if visits is not None else make_visits(cfg)
     return asyncio.run(LoadRun(cfg, pack, visit_list).run())
@@ -541,9 +596,10 @@ def summary(report: dict) -> str:
     lat = report["latency"] or {}
     led = report["ledger_check"]
     lines = [
-        f"{report['calls']['completed']:,} calls in {report['bounds']['issuing_s']:.1f} s "
-        f"(stopped by {report['bounds']['stopped_by']}): {report['throughput_per_s']:,} calls/s, "
-        f"{report['committed_settlements_per_s']:,} committed settlements/s",
+        f"{report['calls']['completed']:,} calls sent over {report['bounds']['issuing_s']:.1f} s "
+        f"(stopped by {report['bounds']['stopped_by']}), the last completed at "
+        f"{report['bounds']['completion_s']:.1f} s: {report['throughput_per_s']:,} calls/s, "
+        f"{report['committed_settlements_per_s']:,} committed settlements/s (to the last completion)",
         "latency ms: " + ", ".join(f"{k[:-3]} {v}" for k, v in lat.items() if k.endswith("_ms")),
         "errors: " + (", ".join(f"{k} {v}" for k, v in report["calls"]["errors"].items()) or "none"),
     ]
@@ -563,8 +619,11 @@ def summary(report: dict) -> str:
 # --- the command -----------------------------------------------------------------------------------
 
 def add_subcommands(subparsers) -> None:
-    p = subparsers.add_parser("loadtest", help="drive a running server (loopback) and check its ledger")
-    p.add_argument("--target", default="127.0.0.1:50051", help="server address, loopback only")
+    p = subparsers.add_parser("loadtest", help="drive a running server and check its ledger")
+    p.add_argument("--target", default="127.0.0.1:50051",
+                   help="server address (default 127.0.0.1:50051; loopback unless --allow-remote)")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow a target other than loopback (a staging server); it needs --ca")
     shape = p.add_mutually_exclusive_group()
     shape.add_argument("--concurrency", type=int, help="fixed concurrency: calls in flight (default 16)")
     shape.add_argument("--rate", type=float, help="fixed rate: calls a second (open loop)")
@@ -577,6 +636,10 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--pack", default=None, help="the server's policy pack (default: shipped sample)")
     p.add_argument("--catalogue", default=None, help="the server's catalogue (default: shipped)")
     p.add_argument("--token", default=None, help="bearer token")
+    p.add_argument("--ca", default=None, help="server CA (PEM): use TLS")
+    p.add_argument("--cert", default=None, help="client certificate (PEM): mutual TLS")
+    p.add_argument("--key", default=None, help="client key (PEM)")
+    p.add_argument("--server-name", default=None, help="expected server name (TLS)")
     p.add_argument("--institution", default=None, help="x-institution (server without authentication)")
     p.add_argument("--timeout", type=float, default=10.0, help="deadline of every call (s)")
     p.add_argument("--max-in-flight", type=int, default=2048, help="open loop: calls in flight at most")
@@ -592,14 +655,19 @@ def cmd_loadtest(args) -> int:
                      rate=args.rate, duration=args.duration, requests=args.requests, mix=parse_mix(args.mix),
                      visits=args.visits, seed=args.seed, lines=args.lines, pack=args.pack,
                      catalogue=args.catalogue, token=args.token, institution=args.institution,
-                     timeout=args.timeout, max_in_flight=args.max_in_flight,
+                     ca=args.ca, cert=args.cert, key=args.key, server_name=args.server_name,
+                     allow_remote=args.allow_remote, timeout=args.timeout, max_in_flight=args.max_in_flight,
                      check_ledger=not args.no_ledger_check, progress=True)
-        check_target(cfg.target)
+        check_config(cfg)
     except ValueError as err:
         print(f"medsettle loadtest: {err}", file=sys.stderr)
         return 2
     print(f"drawing {cfg.visits:,} synthetic visits ...", file=sys.stderr)
-    report = run(cfg)
+    try:
+        report = run(cfg)
+    except ConnectionError as err:
+        print(f"\nmedsettle loadtest: {err}", file=sys.stderr)
+        return 2
     print(file=sys.stderr)
     out = Path(args.out)
     out.write_text(json.dumps(report, indent=1))

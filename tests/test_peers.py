@@ -1,6 +1,8 @@
 """The benchmark's peers settle the same visits as the kernel, to the fen, so that a broken peer
 cannot produce a flattering ratio; and the closed form of the annual caps they use is the
 sequential rule of docs/design.md."""
+import json
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -11,13 +13,15 @@ import pytest
 
 # bench/ is not installed: reach it from the checkout, after the installed packages (kernel stays
 # the installed, compiled one). polars and duckdb come with the test extra: no skip.
-sys.path.append(str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.append(str(ROOT))
 from bench.peers import chain, duckdb_peer, polars_peer, reference_peer  # noqa: E402
 from kernel.api import Settler, shipped_catalogue_path, shipped_pack_path
 from kernel.catalogue import load_catalogue
 from kernel.layout import FLAGS
 from kernel.policy import load_pack, pack_from_raw
 from kernel.synth import synth_precomputed
+from server.cli import module_command
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +87,36 @@ def test_packs_outside_the_subset_are_refused(pack):
     with pytest.raises(chain.OutsideSubset, match="injury cause"):
         chain.check_visits(visits.set_column(visits.column_names.index("inj_cause"), "inj_cause",
                                              pa.array(["traffic"] * 10)))
+
+
+def test_the_one_command_runs_end_to_end_at_a_tiny_size(tmp_path):
+    """bench/run_benchmarks.py as a newcomer runs it (the script, not an import), at 3,000 visits and
+    0.4 s of server load: it checks every peer equal before timing it and writes the table and the
+    JSON. It imports the kernel this test imports (the installed build, or the in-place one under
+    `python -m pytest`), never the unbuilt source tree. No figure is asserted: only that it ran."""
+    _, env = module_command("bench.run_benchmarks")          # this process's import path
+    out, raw = tmp_path / "B.md", tmp_path / "B.json"
+    shipped = (ROOT / "BENCHMARKS.md").stat().st_mtime_ns
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "run_benchmarks.py"), "--sizes", "3000",
+                          "--repeat", "1", "--reference-visits", "300", "--server-seconds", "0.4",
+                          "--out", str(out), "--json", str(raw)],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(raw.read_text())
+    equal = f"equal on {len(chain.COMPARED)} columns x 3,000 visits"
+    (size,) = result["batch"]
+    assert size["n"] == 3000
+    assert size["checks"] == {"Polars": equal, "DuckDB SQL": equal}
+    assert set(size["seconds"]) == {"kernel", "kernel_core", "kernel_core_fresh", "limit", "limit_core",
+                                    "Polars", "DuckDB SQL"}
+    assert result["reference"]["check"].startswith(f"equal on {len(chain.COMPARED)} columns x 300 visits")
+    srv = result["server"]
+    assert srv["loadtest_settle"]["ledger_check"]["ok"] and srv["loadtest_mixed"]["ledger_check"]["ok"]
+    table = out.read_text()
+    for line in ("| **kernel** (end to end) |", "| Polars |", "| DuckDB SQL |",
+                 "| kernel chain alone (Cython, prepared arrays, output touched before) |",
+                 "| kernel chain, fresh output arrays (as inside settle_table) |",
+                 f"Peer checks in this run: Polars: {equal}; DuckDB SQL: {equal}",
+                 "## Server capacity", "| bare grpcio echo"):
+        assert line in table, line
+    assert (ROOT / "BENCHMARKS.md").stat().st_mtime_ns == shipped       # --out was honoured
