@@ -92,17 +92,19 @@ def settle_request(visit: dict, lines=None, request_id: str | None = None) -> pb
     return req
 
 
-def channel(target: str, *, ca=None, cert=None, key=None, server_name=None) -> grpc.Channel:
-    """Plaintext without ca; TLS with ca (a PEM path); mutual TLS adding cert and key."""
+def channel(target: str, *, ca=None, cert=None, key=None, server_name=None, aio=False):
+    """Plaintext without ca; TLS with ca (a PEM path); mutual TLS adding cert and key.
+    aio: a grpc.aio channel instead of a blocking one."""
+    kind = grpc.aio if aio else grpc
     options = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
     if ca is None:
-        return grpc.insecure_channel(target, options=options)
+        return kind.insecure_channel(target, options=options)
     creds = grpc.ssl_channel_credentials(
         Path(ca).read_bytes(), Path(key).read_bytes() if key else None,
         Path(cert).read_bytes() if cert else None)
     if server_name:
         options.append(("grpc.ssl_target_name_override", server_name))
-    return grpc.secure_channel(target, creds, options=options)
+    return kind.secure_channel(target, creds, options=options)
 
 
 class Client:

@@ -357,22 +357,11 @@ class LoadRun:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
-    def _channel(self):
-        """Plaintext without ca; TLS with ca; mutual TLS adding cert and key (as server.client.channel,
-        for grpc.aio)."""
-        cfg, grpc = self.cfg, self.grpc
-        options = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
-        if cfg.ca is None:
-            return grpc.aio.insecure_channel(cfg.target, options=options)
-        creds = grpc.ssl_channel_credentials(Path(cfg.ca).read_bytes(),
-                                             Path(cfg.key).read_bytes() if cfg.key else None,
-                                             Path(cfg.cert).read_bytes() if cfg.cert else None)
-        if cfg.server_name:
-            options.append(("grpc.ssl_target_name_override", cfg.server_name))
-        return grpc.aio.secure_channel(cfg.target, creds, options=options)
-
     async def run(self) -> dict:
-        async with self._channel() as channel:
+        from .client import channel as open_channel
+        cfg = self.cfg
+        async with open_channel(cfg.target, ca=cfg.ca, cert=cfg.cert, key=cfg.key,
+                                server_name=cfg.server_name, aio=True) as channel:
             try:
                 await asyncio.wait_for(channel.channel_ready(), timeout=self.cfg.timeout)
             except TimeoutError:
