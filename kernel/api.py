@@ -58,7 +58,7 @@ from .adapter import OneVisitAdapter, Prepared, VisitBatch, empty_large, prepare
 from .catalogue import Catalogue, load_catalogue
 from .compile import compile_pack
 from .errors import InputError
-from .policy import Pack, load_pack
+from .policy import Pack
 
 _C = layout.as_constants()
 _STATUS_NAMES = {v: k for k, v in layout.STATUS.items()}
@@ -122,9 +122,11 @@ class Settler:
 
     @classmethod
     def from_files(cls, pack_path=None, catalogue_path=None) -> "Settler":
+        """A pack (or a draft over its base pack) and a catalogue; the shipped samples by default."""
+        from .resettle import load_policy
         pack_path = Path(pack_path) if pack_path else shipped_pack_path()
         catalogue = load_catalogue(catalogue_path) if catalogue_path else load_catalogue(shipped_catalogue_path())
-        return cls(load_pack(pack_path), catalogue, pack_path)
+        return cls(load_policy(pack_path), catalogue, pack_path)
 
     # --- batch ---------------------------------------------------------------------------------
 

@@ -122,24 +122,40 @@ def cmd_explain(args) -> int:
 
 
 def cmd_policy_check(args) -> int:
+    """Validate and compile each pack, or each draft over its base pack (as resettle reads it)."""
+    import msgspec
     from .compile import compile_pack
-    from .policy import load_pack
+    from .policy import is_draft
+    from .resettle import load_policy
     status = 0
     for path in args.packs:
         try:
-            pack = load_pack(path)
+            pack = load_policy(path)
             compiled = compile_pack(pack)
         except ValueError as e:
             err.print(f"[red]error[/red] {e}")
             status = 2
             continue
-        t = Table(title=f"{path}: pack {pack.name} (region {pack.region}) is valid", title_justify="left")
-        for c in ("scheme", "version", "from", "to", "governing date", "med types covered"):
-            t.add_column(c)
+        raw = msgspec.toml.decode(Path(path).read_bytes())   # read once more: is it a draft, of what
+        draft_ids = set()
+        if is_draft(raw):
+            draft_ids = {(s.get("code"), v.get("id")) for s in raw.get("schemes", []) for v in s.get("versions", [])}
+            title = f"{path}: draft {pack.name} over base pack {raw['base']} is valid (region {pack.region})"
+        else:
+            title = f"{path}: pack {pack.name} (region {pack.region}) is valid"
+        t = Table(title=title, title_justify="left",
+                  caption="governing date (picks the version): "
+                  + "; ".join(f"{s.code} by {s.governing_date}" for s in pack.schemes),
+                  caption_justify="left")
+        for c in ("scheme", "version", "in force", "med types") + (("source",) if draft_ids else ()):
+            t.add_column(c, overflow="fold")
         for scheme in pack.schemes:
             for v in scheme.versions:
-                t.add_row(scheme.code, v.id, str(v.effective_from), str(v.effective_to or "open"),
-                          scheme.governing_date, ", ".join(v.med_types))
+                row = [scheme.code, v.id, f"{v.effective_from} to {v.effective_to or 'open'}",
+                       ", ".join(v.med_types)]
+                if draft_ids:
+                    row.append("draft" if (scheme.code, v.id) in draft_ids else "base")
+                t.add_row(*row)
         console.print(t)
         console.print(f"compiled: {compiled.rules.shape[0]} rule rows, {compiled.diseases.shape[0]} disease rows, "
                       f"{compiled.bands.shape[0]} band sets")
@@ -173,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pol = sub.add_parser("policy", help="policy packs")
     psub = pol.add_subparsers(dest="policy_command", required=True)
-    chk = psub.add_parser("check", help="validate and compile packs")
+    chk = psub.add_parser("check", help="validate and compile packs, or drafts over their base pack")
     chk.add_argument("packs", nargs="+")
     chk.set_defaults(func=cmd_policy_check)
 

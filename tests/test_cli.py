@@ -57,6 +57,41 @@ def test_policy_check_good_and_bad(tmp_path, capsys):
     assert "bad.toml" in err and "100%" in err and "185%" in err
 
 
+def shipped_policy_files():
+    return sorted(shipped_pack_path("sample_rural").parent.glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", shipped_policy_files(), ids=lambda p: p.name)
+def test_policy_check_passes_every_shipped_pack_and_draft(path, capsys):
+    """Every TOML shipped in kernel/packs, packs and drafts alike, passes `policy check`."""
+    assert main(["policy", "check", str(path)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "is valid" in out
+
+
+def test_policy_check_reads_a_draft_over_its_base(tmp_path, capsys):
+    """The shipped draft replaces the base's rural versions from 1 January 2013 with one version
+    inheriting 2013-h1; a draft naming a base version that does not exist fails clearly."""
+    draft = shipped_pack_path("sample_rural_draft")
+    assert main(["policy", "check", str(draft)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "draft sample-rural-draft over base pack sample_rural.toml is valid" in out
+    assert "draft-2013-nocap" in out and "2013-h1" not in out      # both base versions start on/after 1 Jan
+    bad = tmp_path / "bad_draft.toml"
+    bad.write_text(draft.read_text().replace('inherits = "2013-h1"', 'inherits = "2013-h9"')
+                   .replace('base = "sample_rural.toml"', f'base = "{shipped_pack_path("sample_rural")}"'))
+    assert main(["policy", "check", str(bad)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "bad_draft.toml" in err and "inherits" in err and "'2013-h9'" in err
+
+
+def test_load_pack_of_a_draft_says_it_is_a_draft():
+    from kernel.policy import PolicyError, load_pack
+    with pytest.raises(PolicyError) as e:
+        load_pack(shipped_pack_path("sample_rural_draft"))
+    assert e.value.path == "$.base" and "draft over 'sample_rural.toml'" in str(e.value)
+
+
 def test_settle_file_writes_parquet_and_nothing_on_error(tmp_path):
     """Settler.settle_file: Parquet visits in, Parquet results out, no file when the input is bad."""
     from kernel.api import Settler
