@@ -57,16 +57,12 @@ from . import layout
 from .adapter import OneVisitAdapter, Prepared, VisitBatch, empty_large, prepare_for_pack, prepare_visits
 from .catalogue import Catalogue, load_catalogue
 from .compile import compile_pack
+from .detail import DetailBuilder, fen, limit_text, pct  # noqa: F401  (fen, pct: the house formats)
 from .errors import InputError
 from .policy import Pack
 
-_C = layout.as_constants()
 _STATUS_NAMES = {v: k for k, v in layout.STATUS.items()}
 _MODES = {"settle": layout.MODE_SETTLE, "presettle": layout.MODE_PRESETTLE}
-# setldetail rows: fund code, its pay column, its limit column, and the in-scope amount it works on
-_FUNDS = [("hifp", "hifp_pay", "hifp_lmt"), ("hifob", "hifob_pay", "hifob_lmt"),
-          ("hifmi", "hifmi_pay", "hifmi_lmt"), ("cvlserv", "cvlserv_pay", "cvlserv_lmt"),
-          ("maf", "maf_pay", "maf_lmt")]
 
 
 def shipped_pack_path(name="sample_rural") -> Path:
@@ -84,6 +80,7 @@ class BatchResult:
     table: pa.Table
     accumulators: pa.Table
     balances: pa.Table
+    detail: pa.Table | None = None   # setldetail rows (kernel.detail.DETAIL_SCHEMA), when asked for
 
 
 @dataclass
@@ -97,17 +94,6 @@ class RawSettlement:
     balance: np.ndarray          # per person after the batch
 
 
-def fen(v: int) -> str:
-    """Fen as yuan with two decimals: 4522000 -> '45,220.00'."""
-    sign = "-" if v < 0 else ""
-    v = abs(int(v))
-    return f"{sign}{v // 100:,}.{v % 100:02d}"
-
-
-def pct(bp: int) -> str:
-    return f"{bp // 100}%" if bp % 100 == 0 else f"{bp // 100}.{bp % 100:02d}%"
-
-
 class Settler:
     """A compiled pack and a catalogue, ready to settle visits."""
 
@@ -119,6 +105,7 @@ class Settler:
         self._labels = [self.compiled.version_label(v) for v in range(len(self.compiled.versions))]
         self._reference_catalogue = None
         self._one = OneVisitAdapter(self.compiled, catalogue)
+        self._detail = DetailBuilder(self.compiled)
 
     @classmethod
     def from_files(cls, pack_path=None, catalogue_path=None) -> "Settler":
@@ -131,14 +118,16 @@ class Settler:
     # --- batch ---------------------------------------------------------------------------------
 
     def settle_table(self, visits: pa.Table, lines: pa.Table | None = None, mode="settle",
-                     opening_acc: dict | None = None, source="visits", line_source="lines") -> BatchResult:
+                     opening_acc: dict | None = None, source="visits", line_source="lines",
+                     detail=False) -> BatchResult:
         """Settle every visit; a person's visits in settlement-time order, accumulators carried.
 
         opening_acc: optional {(psn_no, insutype, year): {ACC name: value}} to start from (the
-        ledger's totals); absent rows start at zero. Bad input raises InputError before anything runs.
-        The same as settle_prepared(prepare(visits, lines)).
+        ledger's totals); absent rows start at zero. detail: also build the setldetail table (one
+        row per fund that applies to a visit, docs/data.md). Bad input raises InputError before
+        anything runs. The same as settle_prepared(prepare(visits, lines)).
         """
-        return self.settle_prepared(self.prepare(visits, lines, source, line_source), mode, opening_acc)
+        return self.settle_prepared(self.prepare(visits, lines, source, line_source), mode, opening_acc, detail)
 
     def prepare(self, visits: pa.Table, lines: pa.Table | None = None, source="visits",
                 line_source="lines") -> VisitBatch:
@@ -148,12 +137,21 @@ class Settler:
         any pack lookup; the others are raised by settle_prepared, in settle_table's order."""
         return prepare_visits(visits, lines, source, line_source)
 
-    def settle_prepared(self, batch: VisitBatch, mode="settle", opening_acc: dict | None = None) -> BatchResult:
+    def settle_prepared(self, batch: VisitBatch, mode="settle", opening_acc: dict | None = None,
+                        detail=False) -> BatchResult:
         """settle_table of a prepared batch under this Settler's pack."""
         raw = self.settle_raw(batch, mode, opening_acc)
         return BatchResult(self._result_table(batch.id_columns, raw.prep, raw.out, raw.status, raw.flags),
                            self._acc_table(raw.prep, raw.acc),
-                           pa.table({"psn_no": raw.prep.psn_names, "balc": pa.array(raw.balance)}))
+                           pa.table({"psn_no": raw.prep.psn_names, "balc": pa.array(raw.balance)}),
+                           self.detail_table(batch.id_columns, raw) if detail else None)
+
+    def detail_table(self, id_columns, raw: "RawSettlement") -> pa.Table:
+        """The setldetail rows of a settled batch, by visit in input order (kernel.detail)."""
+        prep = raw.prep
+        funds = self._detail.funds(raw.out, raw.status, raw.flags, prep.rule, prep.group, prep.cats,
+                                   prep.cause, prep.out_area, prep.item[_INSCP_ESS])
+        return self._detail.table(funds, prep.order, len(prep.order), id_columns, prep.version)
 
     def settle_raw(self, batch: VisitBatch, mode="settle", opening_acc: dict | None = None,
                    out: np.ndarray | None = None) -> "RawSettlement":
@@ -289,24 +287,13 @@ class Settler:
             status=_STATUS_NAMES[code], reason=reason, policy_version=label, amounts=amounts,
             flags=int(flags[0]), acc_after=dict(zip(layout.ACC_COLS, acc_row[0].tolist())),
             balance_after=int(bal[0]),
-            setldetail=self.setldetail(amounts, int(flags[0]), self.rule_label(int(cols["rule"][0]))))
+            setldetail=[SetlDetail(*row) for row in self._detail.rows_of_one(
+                out, status, flags, cols["rule"], cols["group"], cols["cats"], cols["cause"], cols["out_area"],
+                item[_INSCP_ESS])])
 
     def rule_label(self, rule: int) -> str:
         """The rule row in words: pack/scheme/version, med type, level."""
-        cp = self.compiled
-        level = self.pack.levels[rule % cp.n_levels]
-        med_type = self.pack.med_types[(rule // cp.n_levels) % cp.n_med_types]
-        return f"{self._labels[rule // (cp.n_levels * cp.n_med_types)]}, {med_type.name} at {level.name}"
-
-    def setldetail(self, amounts: dict, flags: int, version: str) -> list[SetlDetail]:
-        """One row per fund that applies, with its rule and version in words."""
-        rows = []
-        for code, pay, lmt in _FUNDS:
-            if amounts[pay] == 0 and amounts[lmt] < 0 and code != "hifp":
-                continue
-            rows.append(SetlDetail(code, amounts["inscp_scp_amt"], amounts[lmt], amounts[pay],
-                                   fund_trace(code, amounts, flags, version)))
-        return rows
+        return self._detail.rule_label(rule)
 
     # --- explain -------------------------------------------------------------------------------
 
@@ -314,7 +301,8 @@ class Settler:
         """The kernel's result for one visit and the reference implementation's step trace of it.
 
         The person's earlier visits in the table are settled first (same order as the batch), so the
-        trace starts from the same year-to-date totals the kernel used.
+        trace starts from the same year-to-date totals the kernel used. The result row carries the
+        visit's setldetail rows (dicts of kernel.detail.DETAIL_SCHEMA) under "setldetail".
         """
         import pyarrow.compute as pc
 
@@ -330,8 +318,10 @@ class Settler:
         if lines is not None:
             person_lines = lines.filter(pc.is_in(lines.column("mdtrt_id"),
                                                  value_set=person_visits.column("mdtrt_id")))
-        table = self.settle_table(person_visits, person_lines).table
+        settled = self.settle_table(person_visits, person_lines, detail=True)
+        table, detail = settled.table, settled.detail
         kernel_row = table.filter(pc.equal(table.column("mdtrt_id"), mdtrt_id)).to_pylist()[0]
+        kernel_row["setldetail"] = detail.filter(pc.equal(detail.column("mdtrt_id"), mdtrt_id)).to_pylist()
         person = person_visits.to_pylist()
         by_visit = None
         if person_lines is not None:
@@ -347,31 +337,8 @@ class Settler:
         return self._reference_catalogue
 
 
-def fund_trace(code: str, a: dict, flags: int, version: str) -> str:
-    """setl_proc_info: what the fund paid and why, in words."""
-    def has(flag):
-        return bool(flags >> _C[flag] & 1)
-    lmt = a[f"{'cvlserv' if code == 'cvlserv' else code}_lmt"]
-    left = "no annual cap" if lmt < 0 else f"{fen(lmt)} of the annual cap left before this visit"
-    if code == "hifp":
-        how = ("quota payment" if has("F_QUOTA") or has("F_BEDDAY") else
-               "banded ratios" if has("F_BANDED") else f"ratio {pct(a['pool_prop_selfpay'])}")
-        extra = [w for f, w in (("F_DENIED", "denied (referral/out-of-area rule)"),
-                                ("F_FLOOR", "disease-group floor"), ("F_OVERRIDE", "disease-group ratio"),
-                                ("F_ESS_UPLIFT", "essential-drug uplift"), ("F_HIFP_CAPPED", "capped"),
-                                ("F_GM_TOPUP", "guaranteed-minimum top-up")) if has(f)]
-        return (f"{version}: basic fund, deductible {fen(a['act_pay_dedc'])}, {how}"
-                + (f" ({', '.join(extra)})" if extra else "") + f"; paid {fen(a['hifp_pay'])}; {left}")
-    names = {"hifob": "large-amount subsidy", "hifmi": "serious-illness insurance",
-             "cvlserv": "civil-servant subsidy", "maf": "medical assistance"}
-    capped = {"hifob": "F_HIFOB_CAPPED", "hifmi": "F_MI_CAPPED", "cvlserv": "F_CVL_CAPPED",
-              "maf": "F_MAF_CAPPED"}[code]
-    form = " (effective-ratio top-up)" if code == "hifmi" and has("F_MI_EFFECTIVE") else ""
-    return (f"{version}: {names[code]}{form} paid {fen(a[code + '_pay'])}"
-            + (" (capped)" if has(capped) else "") + f"; {left}")
-
-
 _ZERO_SLOT = np.zeros(1, dtype=np.int32)
+_INSCP_ESS = layout.ITEM_COLS.index("I_INSCP_ESS")
 def read_table(path) -> pa.Table:
     path = Path(path)
     if path.suffix.lower() == ".csv":

@@ -101,7 +101,7 @@ def summary_table(table, title):
 
 
 def cmd_explain(args) -> int:
-    from .api import fen, pct, read_table
+    from .api import fen, limit_text, pct, read_table
     from .layout import OUT_COLS
     settler = _settler(args)
     visits = read_table(args.visits)
@@ -111,13 +111,24 @@ def cmd_explain(args) -> int:
                   + (f" ({row['reason']})" if row["reason"] else "") + f", policy {row['policy_version']}")
     console.print("\n[bold]Steps, in the order the chain applies them[/bold]")
     for k, step in enumerate(trace, 1):
-        console.print(f"{k:>2}. {step}")
+        console.print(f"{k:>2}. {step}", markup=False)     # the words hold brackets: [0.00, 30,000.00)
     t = Table(title="Result (kernel)", title_justify="left")
     t.add_column("field")
     t.add_column("value", justify="right")
     for name in OUT_COLS:
-        t.add_row(name, pct(row[name]) if name == "pool_prop_selfpay" else fen(row[name]))
+        value = row[name]
+        t.add_row(name, pct(value) if name == "pool_prop_selfpay" else
+                  limit_text(value) if name.endswith("_lmt") else fen(value))
     console.print(t)
+    f = Table(title="Funds (setldetail)", title_justify="left")
+    for c in ("fund", "worked on (inscp_scp_amt)", "limit left before (crt_payb_lmt_amt)", "paid (fund_payamt)"):
+        f.add_column(c, justify="left" if c == "fund" else "right")
+    for d in row["setldetail"]:
+        f.add_row(d["fund_pay_type"], fen(d["inscp_scp_amt"]), limit_text(d["crt_payb_lmt_amt"]),
+                  fen(d["fund_payamt"]))
+    console.print(f)
+    for d in row["setldetail"]:
+        console.print(f"{d['fund_pay_type']}: {d['setl_proc_info']}", markup=False)
     return 0
 
 
