@@ -45,6 +45,7 @@ __all__ = ["Settler", "OneResult", "SetlDetail", "ACC_COLS", "OUT_COLS"]
 
 # --- implementation ------------------------------------------------------------------------------
 
+import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -56,6 +57,7 @@ import pyarrow.parquet as pq
 from . import layout
 from .adapter import OneVisitAdapter, Prepared, VisitBatch, empty_large, prepare_for_pack, prepare_visits
 from .catalogue import Catalogue, load_catalogue
+from .chunks import DEFAULT_CHUNK_ROWS
 from .compile import compile_pack
 from .detail import DetailBuilder, fen, limit_text, pct  # noqa: F401  (fen, pct: the house formats)
 from .errors import InputError
@@ -81,6 +83,62 @@ class BatchResult:
     accumulators: pa.Table
     balances: pa.Table
     detail: pa.Table | None = None   # setldetail rows (kernel.detail.DETAIL_SCHEMA), when asked for
+
+
+@dataclass
+class FileResult:
+    """What settle_file settled: the totals the summary prints, and the state after the file."""
+    visits: int
+    totals: dict                 # OUT_COLS name -> sum over the visits (fen)
+    statuses: dict               # status name -> visits
+    accumulators: pa.Table       # as BatchResult.accumulators
+    balances: pa.Table           # as BatchResult.balances
+    chunks: int                  # chunks settled
+    one_pass: bool               # settled in one call (a person's visits went back in time across chunks)
+
+
+class _Summary:
+    """Sums of every output column and visits per status, chunk after chunk."""
+
+    def __init__(self):
+        self.totals = dict.fromkeys(layout.OUT_COLS, 0)
+        self.by_status = np.zeros(len(_STATUS_NAMES), np.int64)
+
+    def add(self, out, status):
+        for k, name in enumerate(layout.OUT_COLS):
+            self.totals[name] += int(out[k].sum())          # int64 per chunk, Python int across chunks
+        self.by_status += np.bincount(status.astype(np.int64), minlength=len(_STATUS_NAMES))
+
+    def statuses(self) -> dict:
+        return {_STATUS_NAMES[i]: int(c) for i, c in enumerate(self.by_status) if c}
+
+
+class _PartialParquet:
+    """A Parquet file written table by table under a temporary name beside the target, renamed
+    on commit: no partial output is ever left."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".partial")
+        self.writer = None
+
+    def write(self, table: pa.Table):
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(self.tmp, table.schema)
+        self.writer.write_table(table, row_group_size=1_000_000)
+
+    def commit(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+            self.tmp.replace(self.path)
+
+    def discard(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        self.tmp.unlink(missing_ok=True)
 
 
 @dataclass
@@ -154,14 +212,19 @@ class Settler:
         return self._detail.table(funds, prep.order, len(prep.order), id_columns, prep.version)
 
     def settle_raw(self, batch: VisitBatch, mode="settle", opening_acc: dict | None = None,
-                   out: np.ndarray | None = None) -> "RawSettlement":
+                   out: np.ndarray | None = None, carry=None) -> "RawSettlement":
         """settle_prepared without building the result table: the kernel's arrays, in processing order.
-        out: an int64 (len(OUT_COLS), n) array to write into (reused between settlements of a batch)."""
+        out: an int64 (len(OUT_COLS), n) array to write into (reused between settlements of a batch).
+        carry: a kernel.chunks.Carry: start from the totals and balances it carries from earlier
+        chunks of the file (instead of opening_acc and acct_balc), and take in this batch's after."""
         from ._chain import settle
 
         prep = prepare_for_pack(self.compiled, self.catalogue, batch)
         acc = np.zeros((len(prep.slot_psn), len(layout.ACC_COLS)), dtype=np.int64)
-        if opening_acc:
+        balance = prep.balance.copy()
+        if carry is not None:
+            acc, balance, carried = carry.opening(batch, prep)
+        elif opening_acc:
             names = prep.psn_names.to_pylist()
             schemes = [s.code for s in self.pack.schemes]
             for slot, (p, s, y) in enumerate(zip(prep.slot_psn.tolist(), prep.slot_scheme.tolist(),
@@ -175,11 +238,12 @@ class Settler:
             out = empty_large((len(layout.OUT_COLS), n), np.int64)
         status = empty_large(n, np.int8)
         flags = empty_large(n, np.int32)
-        balance = prep.balance.copy()
         cp = self.compiled
         settle(cp.rules, cp.diseases, cp.bands, cp.n_groups, prep.item, prep.rule, prep.group,
                prep.cats, prep.cause, prep.out_area, prep.referral, prep.bed_days, prep.acct_used,
                prep.acc_slot, prep.psn_slot, acc, balance, _MODES[mode], out, status, flags)
+        if carry is not None:
+            carry.update(carried, acc, balance)
         return RawSettlement(prep, out, status, flags, acc, balance)
 
     def _result_table(self, id_columns, prep, out, status, flags) -> pa.Table:
@@ -229,14 +293,95 @@ class Settler:
             cols[name] = pa.array(acc[:, k])
         return pa.table(cols)
 
-    def settle_file(self, visits_path, out_path, lines_path=None, mode="settle") -> BatchResult:
-        """Parquet (or CSV) visits [+ lines] -> Parquet results; written only if everything settles."""
-        visits = read_table(visits_path)
-        lines = read_table(lines_path) if lines_path else None
-        result = self.settle_table(visits, lines, mode, source=str(visits_path),
-                                   line_source=str(lines_path) if lines_path else "lines")
-        write_atomic(result.table, out_path)
-        return result
+    def settle_file(self, visits, out_path, lines=None, mode="settle", detail_path=None,
+                    chunk_rows: int = DEFAULT_CHUNK_ROWS, progress=None) -> "FileResult":
+        """Visits [+ line items] -> Parquet results [+ setldetail rows], chunk by chunk.
+
+        visits, lines: a Parquet or CSV path, or an Arrow table. Parquet is read chunk_rows rows
+        at a time and each person's totals and balance carried between chunks, so the results are
+        those of one settle_table call over the whole input (kernel/chunks.py: when a person's
+        visits go back in time across chunks, the input is settled again in one call).
+        progress(done, total, what) is called as the visits are settled. Written only if everything
+        settles: a refused input leaves no output file (and nothing beside it)."""
+        from . import chunks
+
+        def notify(done, total, what):
+            if progress is not None:
+                progress(done, total, what)
+
+        labels = [str(x) if isinstance(x, (str, Path)) else name
+                  for x, name in ((visits, "visits"), (lines, "lines"))]
+        visits, lines = (read_table(x) if isinstance(x, (str, Path)) and chunks.is_csv(x) else x
+                         for x in (visits, lines))
+        total = chunks.count_rows(visits)
+        outputs = [_PartialParquet(out_path)] + ([_PartialParquet(detail_path)] if detail_path else [])
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with tempfile.TemporaryDirectory(dir=Path(out_path).parent, prefix=".medsettle-spill-") as spill:
+                try:
+                    result = self._settle_chunks(visits, lines, mode, outputs, chunk_rows, total, labels,
+                                                 Path(spill), notify)
+                except chunks.OutOfOrder:
+                    for o in outputs:
+                        o.discard()
+                    notify(0, total, "a person's visits go back in time across chunks: settling in one pass")
+                    result = self._settle_whole(visits, lines, mode, outputs, chunk_rows, labels)
+                    notify(total, total, "settled in one pass")
+            for o in outputs:
+                o.commit()
+            return result
+        finally:
+            for o in outputs:
+                o.discard()
+
+    def _settle_chunks(self, visits, lines, mode, outputs, chunk_rows, total, labels, spill, notify):
+        from . import chunks
+        from .resettle import _shift
+        carry = chunks.Carry(len(self.pack.schemes))
+        ids, line_chunks = chunks.StringIndex(), None
+        if lines is not None:
+            notify(0, total, "finding each line item's visit")
+            ids = chunks.visit_ids(visits, chunk_rows, labels[0])
+            if ids is not None:
+                line_chunks = chunks.LineChunks(lines, ids, chunk_rows, spill, labels[1])
+        summary = _Summary()
+        done = 0
+        for k, (table, first_row) in enumerate(chunks.visit_chunks(visits, chunk_rows)):
+            chunk_lines, numbers = line_chunks.get(k) if line_chunks is not None else (None, None)
+            try:
+                batch = self.prepare(table, chunk_lines, labels[0], labels[1])
+                raw = self.settle_raw(batch, mode, carry=carry)
+            except InputError as e:
+                raise _shift(e, row=None if e.row is None else e.row + first_row,
+                             line=None if e.line is None or numbers is None else int(numbers[e.line - 1])) from None
+            if lines is None:                    # (with lines, visit_ids checked every id beforehand)
+                chunks.check_new_ids(ids, batch.id_columns[0], first_row, labels[0])
+            outputs[0].write(self._result_table(batch.id_columns, raw.prep, raw.out, raw.status, raw.flags))
+            if len(outputs) > 1:
+                outputs[1].write(self.detail_table(batch.id_columns, raw))
+            summary.add(raw.out, raw.status)
+            done += batch.n
+            notify(done, total, "settling" if done < total else "settled")
+            del batch, raw
+        codes = [s.code for s in self.pack.schemes]
+        return FileResult(done, summary.totals, summary.statuses(), carry.accumulators(codes), carry.balances(),
+                          chunks=k + 1, one_pass=False)
+
+    def _settle_whole(self, visits, lines, mode, outputs, chunk_rows, labels):
+        visits, lines = (pq.read_table(x) if isinstance(x, (str, Path)) else x for x in (visits, lines))
+        batch = self.prepare(visits, lines, labels[0], labels[1])
+        raw = self.settle_raw(batch, mode)
+        result = BatchResult(self._result_table(batch.id_columns, raw.prep, raw.out, raw.status, raw.flags),
+                             self._acc_table(raw.prep, raw.acc),
+                             pa.table({"psn_no": raw.prep.psn_names, "balc": pa.array(raw.balance)}),
+                             self.detail_table(batch.id_columns, raw) if len(outputs) > 1 else None)
+        for output, table in zip(outputs, (result.table, result.detail)):
+            for start in range(0, max(table.num_rows, 1), chunk_rows):
+                output.write(table.slice(start, chunk_rows))
+        summary = _Summary()
+        summary.add(raw.out, raw.status)
+        return FileResult(batch.n, summary.totals, summary.statuses(), result.accumulators, result.balances,
+                          chunks=1, one_pass=True)
 
     # --- real time -----------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """The `medsettle` command.
 
     medsettle settle                      # sample pack, sample catalogue, synthetic visits
-    medsettle settle VISITS.parquet --lines LINES.parquet --out results.parquet [--pack P] [--catalogue C]
+    medsettle settle VISITS.parquet --lines LINES.parquet --out results.parquet [--detail detail.parquet]
+                     [--pack P] [--catalogue C] [--chunk-rows N]
     medsettle explain VISITS.parquet MDTRT_ID [--lines LINES.parquet]
     medsettle policy check PACK.toml ...
 
@@ -16,16 +17,37 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from rich.table import Table
+from rich.text import Text
+
+from .chunks import DEFAULT_CHUNK_ROWS
 
 console = Console(stderr=False)
 err = Console(stderr=True)
 
 
+class _Visits(ProgressColumn):
+    """Visits settled of the total, and per second so far."""
+
+    def render(self, task):
+        if task.total is None:
+            return Text("")
+        elapsed = task.elapsed or 0
+        rate = f", {task.completed / elapsed:,.0f} visits/s" if elapsed > 0 and task.completed else ""
+        return Text(f"{int(task.completed):,}/{int(task.total):,} visits{rate}", style="progress.data.speed")
+
+
 def _phases(total):
+    """A progress bar of counted steps (re-settlement passes, region counties)."""
     return Progress(TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                     TimeElapsedColumn(), console=err)
+
+
+def _progress():
+    return Progress(TextColumn("{task.description}"), BarColumn(), _Visits(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=err)
 
 
 def _settler(args):
@@ -34,48 +56,52 @@ def _settler(args):
 
 
 def cmd_settle(args) -> int:
-    from .api import read_table, write_atomic
     settler = _settler(args)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    steps = ["read", "validate, itemize, settle", "write"]
-    with _phases(len(steps)) as progress:
-        task = progress.add_task("reading input", total=len(steps))
+    if args.chunk_rows < 1:
+        err.print(f"[red]error:[/red] --chunk-rows must be at least 1, got {args.chunk_rows}")
+        return 2
+    with _progress() as progress:
+        task = progress.add_task("reading", total=None)
+
+        def advance(done, total, what):
+            progress.update(task, completed=done, total=total, description=what)
+
         if args.visits is None:
             from .synth import synth_visits
             progress.update(task, description=f"synthesizing {args.demo_visits:,} visits")
             visits, lines = synth_visits(settler.pack, settler.catalogue, args.demo_visits, seed=args.seed)
-            vsrc, lsrc = "synthetic visits", "synthetic lines"
         else:
-            visits = read_table(args.visits)
-            lines = read_table(args.lines) if args.lines else None
-            vsrc, lsrc = str(args.visits), str(args.lines)
-        progress.update(task, advance=1, description=f"settling {visits.num_rows:,} visits")
+            visits, lines = args.visits, args.lines
         t0 = time.perf_counter()
-        result = settler.settle_table(visits, lines, mode=args.mode, source=vsrc, line_source=lsrc)
+        result = settler.settle_file(visits, out, lines, mode=args.mode, detail_path=args.detail,
+                                     chunk_rows=args.chunk_rows, progress=advance)
         elapsed = time.perf_counter() - t0
-        progress.update(task, advance=1, description=f"writing {out}")
-        write_atomic(result.table, out)
-        progress.update(task, advance=1, description="done")
-    summary_table(result.table, f"{visits.num_rows:,} visits settled in {elapsed:.2f} s -> {out}")
+    where = f"{out}" + (f" and {args.detail}" if args.detail else "")
+    print_summary(result.visits, result.totals, result.statuses,
+                  f"{result.visits:,} visits settled in {elapsed:.2f} s -> {where}")
     return 0
 
 
 def summary_table(table, title):
-    """Visits, total cost, totals per fund, patient share and the actual compensation ratio."""
+    """print_summary of a table of results (settle_table's)."""
     import pyarrow.compute as pc
+    from .layout import OUT_COLS
+    totals = {name: int(pc.sum(table.column(name)).as_py() or 0) for name in OUT_COLS}
+    counts = table.group_by("status").aggregate([("mdtrt_id", "count")]).to_pylist()
+    print_summary(table.num_rows, totals, {str(r["status"]): r["mdtrt_id_count"] for r in counts}, title)
+
+
+def print_summary(visits: int, totals: dict, statuses: dict, title: str):
+    """Visits, total cost, totals per fund, patient share and the actual compensation ratio
+    (实际补偿比: all funds / total cost, rounded down to 0.01%), then visits by status."""
     from .api import fen, pct
-
-    def total(name):
-        return int(pc.sum(table.column(name)).as_py() or 0)
-
-    cost = total("medfee_sumamt")
-    funds = total("fund_pay_sumamt")
+    cost = totals["medfee_sumamt"]
     t = Table(title=title, title_justify="left")
     t.add_column("item")
     t.add_column("yuan", justify="right")
     t.add_column("share of cost", justify="right")
-    t.add_row("visits", f"{table.num_rows:,}", "")
+    t.add_row("visits", f"{visits:,}", "")
     t.add_row("total cost (medfee_sumamt)", fen(cost), "100%")
     for label, name in [("basic pooled fund (hifp_pay)", "hifp_pay"),
                         ("large-amount subsidy (hifob_pay)", "hifob_pay"),
@@ -87,16 +113,16 @@ def summary_table(table, title):
                         ("  of which personal account", "acct_pay"),
                         ("  of which cash", "psn_cash_pay"),
                         ("hospital (hosp_part_amt)", "hosp_part_amt")]:
-        v = total(name)
+        v = totals[name]
         t.add_row(label, fen(v), pct(v * 10000 // cost) if cost else "")
-    t.add_row("actual compensation ratio (实际补偿比)", "", pct(funds * 10000 // cost) if cost else "")
+    t.add_row("actual compensation ratio (实际补偿比)", "",
+              pct(totals["fund_pay_sumamt"] * 10000 // cost) if cost else "")
     console.print(t)
-    counts = table.group_by("status").aggregate([("mdtrt_id", "count")]).to_pylist()
     s = Table(title="visits by status", title_justify="left")
     s.add_column("status")
     s.add_column("visits", justify="right")
-    for row in sorted(counts, key=lambda r: -r["mdtrt_id_count"]):
-        s.add_row(str(row["status"]), f"{row['mdtrt_id_count']:,}")
+    for status, count in sorted(statuses.items(), key=lambda kv: -kv[1]):
+        s.add_row(status, f"{count:,}")
     console.print(s)
 
 
@@ -185,7 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("visits", nargs="?", help="visits Parquet/CSV; omitted: synthetic visits")
     s.add_argument("--lines", help="line items Parquet/CSV (else the visits carry precomputed amounts)")
     s.add_argument("--out", default="out/results.parquet", help="results Parquet (default %(default)s)")
+    s.add_argument("--detail", help="also write the setldetail rows (one per fund of each visit) to this Parquet")
     s.add_argument("--mode", choices=["settle", "presettle"], default="settle")
+    s.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS,
+                   help="visits settled at a time (memory; the results do not depend on it) (default %(default)s)")
     s.add_argument("--demo-visits", type=int, default=200_000, help="synthetic visits when no file is given")
     s.add_argument("--seed", type=int, default=1)
     common(s)

@@ -484,15 +484,24 @@ class DetailBuilder:
         """The fund's texts of the chosen visits: each visit's template filled with its amounts."""
         if chosen.size == 0:
             return pa.array([], pa.string())
-        code = pa.array(f.template[chosen])
-        slots = _SLOTS.get(f.code, _LAYER_SLOTS)
+        index = f.template[chosen]
+        code = pa.array(index)
+
+        def piece(texts):
+            # a piece every template shares is a scalar: no per-row strings to gather
+            return texts[0] if len(set(texts)) == 1 else pa.array(texts, pa.string()).take(code)
+
         parts = []
-        for k, slot in enumerate(slots):
-            parts.append(pa.array([t.before[k] for t in f.templates], pa.string()).take(code))
+        for k, slot in enumerate(_SLOTS.get(f.code, _LAYER_SLOTS)):
+            parts.append(piece([t.before[k] for t in f.templates]))
             used = np.array([t.used[k] for t in f.templates], bool)
-            if used.any():
-                parts.append(pc.if_else(pa.array(used[f.template[chosen]]), fen_text(f.amounts[slot][chosen]), ""))
-        parts.append(pa.array([t.tail for t in f.templates], pa.string()).take(code))
+            if used.all():
+                parts.append(fen_text(f.amounts[slot][chosen]))
+            elif used.any():
+                parts.append(pc.if_else(pa.array(used[index]), fen_text(f.amounts[slot][chosen]), ""))
+        parts.append(piece([t.tail for t in f.templates]))
+        if all(isinstance(p, str) for p in parts):        # one template, no amount: the same text for all
+            return pa.array(["".join(parts)] * len(chosen), pa.string())
         return pc.binary_join_element_wise(*parts, "")
 
 
