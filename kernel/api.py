@@ -40,7 +40,7 @@ class OneResult(msgspec.Struct):
     setldetail: list[SetlDetail]
 
 
-__all__ = ["Settler", "OneResult", "SetlDetail", "ACC_COLS", "OUT_COLS"]
+__all__ = ["Settler", "OneResult", "SetlDetail", "BatchResult", "FileResult", "ACC_COLS", "OUT_COLS"]
 
 
 # --- implementation ------------------------------------------------------------------------------
@@ -198,7 +198,9 @@ class Settler:
     def settle_prepared(self, batch: VisitBatch, mode="settle", opening_acc: dict | None = None,
                         detail=False) -> BatchResult:
         """settle_table of a prepared batch under this Settler's pack."""
-        raw = self.settle_raw(batch, mode, opening_acc)
+        return self._batch_result(batch, self.settle_raw(batch, mode, opening_acc), detail)
+
+    def _batch_result(self, batch: VisitBatch, raw: "RawSettlement", detail: bool) -> BatchResult:
         return BatchResult(self._result_table(batch.id_columns, raw.prep, raw.out, raw.status, raw.flags),
                            self._acc_table(raw.prep, raw.acc),
                            pa.table({"psn_no": raw.prep.psn_names, "balc": pa.array(raw.balance)}),
@@ -304,6 +306,8 @@ class Settler:
         progress(done, total, what) is called as the visits are settled. Written only if everything
         settles: a refused input leaves no output file (and nothing beside it)."""
         from . import chunks
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
 
         def notify(done, total, what):
             if progress is not None:
@@ -371,10 +375,7 @@ class Settler:
         visits, lines = (pq.read_table(x) if isinstance(x, (str, Path)) else x for x in (visits, lines))
         batch = self.prepare(visits, lines, labels[0], labels[1])
         raw = self.settle_raw(batch, mode)
-        result = BatchResult(self._result_table(batch.id_columns, raw.prep, raw.out, raw.status, raw.flags),
-                             self._acc_table(raw.prep, raw.acc),
-                             pa.table({"psn_no": raw.prep.psn_names, "balc": pa.array(raw.balance)}),
-                             self.detail_table(batch.id_columns, raw) if len(outputs) > 1 else None)
+        result = self._batch_result(batch, raw, detail=len(outputs) > 1)
         for output, table in zip(outputs, (result.table, result.detail)):
             for start in range(0, max(table.num_rows, 1), chunk_rows):
                 output.write(table.slice(start, chunk_rows))
@@ -484,6 +485,8 @@ class Settler:
 
 _ZERO_SLOT = np.zeros(1, dtype=np.int32)
 _INSCP_ESS = layout.ITEM_COLS.index("I_INSCP_ESS")
+
+
 def read_table(path) -> pa.Table:
     path = Path(path)
     if path.suffix.lower() == ".csv":

@@ -173,10 +173,9 @@ class DetailBuilder:
     def __init__(self, compiled):
         self.cp = compiled
         self.pack = compiled.pack
-        cp = compiled
-        self._rule_labels = {}
+        self._versions = compiled.labels
+        self._rule_labels: dict = {}         # rule row -> its words
         self._cache: dict = {}               # (fund, key values) -> Template
-        self._versions = cp.labels
 
     # --- labels ---------------------------------------------------------------------------------
 
@@ -311,6 +310,8 @@ class DetailBuilder:
         cached = self._cache.get((code, key))
         if cached is None:
             cached = _template(code, self._words(code, *key))
+            if len(self._cache) >= 100_000:        # a long-running server: keep the cache bounded
+                self._cache.clear()
             self._cache[(code, key)] = cached
         return cached
 
