@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp):
-        sp.add_argument("--pack", help="policy pack TOML (default: the shipped sample rural pack)")
+        sp.add_argument("--pack", help="policy pack TOML, or a draft over its base (default: the shipped sample rural pack)")
         sp.add_argument("--catalogue", help="catalogue CSV/Parquet (default: the shipped sample)")
 
     s = sub.add_parser("settle", help="settle a file of visits (no file: a synthetic demo)")
