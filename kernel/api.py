@@ -40,11 +40,12 @@ class OneResult(msgspec.Struct):
     setldetail: list[SetlDetail]
 
 
-__all__ = ["Settler", "OneResult", "SetlDetail", "ACC_COLS", "OUT_COLS"]
+__all__ = ["Settler", "OneResult", "SetlDetail", "BatchResult", "FileResult", "ACC_COLS", "OUT_COLS"]
 
 
 # --- implementation ------------------------------------------------------------------------------
 
+import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -56,17 +57,14 @@ import pyarrow.parquet as pq
 from . import layout
 from .adapter import OneVisitAdapter, Prepared, VisitBatch, empty_large, prepare_for_pack, prepare_visits
 from .catalogue import Catalogue, load_catalogue
+from .chunks import DEFAULT_CHUNK_ROWS
 from .compile import compile_pack
+from .detail import DetailBuilder, fen, limit_text, pct  # noqa: F401  (fen, pct: the house formats)
 from .errors import InputError
-from .policy import Pack, load_pack
+from .policy import Pack
 
-_C = layout.as_constants()
 _STATUS_NAMES = {v: k for k, v in layout.STATUS.items()}
 _MODES = {"settle": layout.MODE_SETTLE, "presettle": layout.MODE_PRESETTLE}
-# setldetail rows: fund code, its pay column, its limit column, and the in-scope amount it works on
-_FUNDS = [("hifp", "hifp_pay", "hifp_lmt"), ("hifob", "hifob_pay", "hifob_lmt"),
-          ("hifmi", "hifmi_pay", "hifmi_lmt"), ("cvlserv", "cvlserv_pay", "cvlserv_lmt"),
-          ("maf", "maf_pay", "maf_lmt")]
 
 
 def shipped_pack_path(name="sample_rural") -> Path:
@@ -84,6 +82,63 @@ class BatchResult:
     table: pa.Table
     accumulators: pa.Table
     balances: pa.Table
+    detail: pa.Table | None = None   # setldetail rows (kernel.detail.DETAIL_SCHEMA), when asked for
+
+
+@dataclass
+class FileResult:
+    """What settle_file settled: the totals the summary prints, and the state after the file."""
+    visits: int
+    totals: dict                 # OUT_COLS name -> sum over the visits (fen)
+    statuses: dict               # status name -> visits
+    accumulators: pa.Table       # as BatchResult.accumulators
+    balances: pa.Table           # as BatchResult.balances
+    chunks: int                  # chunks settled
+    one_pass: bool               # settled in one call (a person's visits went back in time across chunks)
+
+
+class _Summary:
+    """Sums of every output column and visits per status, chunk after chunk."""
+
+    def __init__(self):
+        self.totals = dict.fromkeys(layout.OUT_COLS, 0)
+        self.by_status = np.zeros(len(_STATUS_NAMES), np.int64)
+
+    def add(self, out, status):
+        for k, name in enumerate(layout.OUT_COLS):
+            self.totals[name] += int(out[k].sum())          # int64 per chunk, Python int across chunks
+        self.by_status += np.bincount(status.astype(np.int64), minlength=len(_STATUS_NAMES))
+
+    def statuses(self) -> dict:
+        return {_STATUS_NAMES[i]: int(c) for i, c in enumerate(self.by_status) if c}
+
+
+class _PartialParquet:
+    """A Parquet file written table by table under a temporary name beside the target, renamed
+    on commit: no partial output is ever left."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".partial")
+        self.writer = None
+
+    def write(self, table: pa.Table):
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(self.tmp, table.schema)
+        self.writer.write_table(table, row_group_size=1_000_000)
+
+    def commit(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+            self.tmp.replace(self.path)
+
+    def discard(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        self.tmp.unlink(missing_ok=True)
 
 
 @dataclass
@@ -97,17 +152,6 @@ class RawSettlement:
     balance: np.ndarray          # per person after the batch
 
 
-def fen(v: int) -> str:
-    """Fen as yuan with two decimals: 4522000 -> '45,220.00'."""
-    sign = "-" if v < 0 else ""
-    v = abs(int(v))
-    return f"{sign}{v // 100:,}.{v % 100:02d}"
-
-
-def pct(bp: int) -> str:
-    return f"{bp // 100}%" if bp % 100 == 0 else f"{bp // 100}.{bp % 100:02d}%"
-
-
 class Settler:
     """A compiled pack and a catalogue, ready to settle visits."""
 
@@ -119,24 +163,29 @@ class Settler:
         self._labels = [self.compiled.version_label(v) for v in range(len(self.compiled.versions))]
         self._reference_catalogue = None
         self._one = OneVisitAdapter(self.compiled, catalogue)
+        self._detail = DetailBuilder(self.compiled)
 
     @classmethod
     def from_files(cls, pack_path=None, catalogue_path=None) -> "Settler":
+        """A pack (or a draft over its base pack) and a catalogue; the shipped samples by default."""
+        from .resettle import load_policy
         pack_path = Path(pack_path) if pack_path else shipped_pack_path()
         catalogue = load_catalogue(catalogue_path) if catalogue_path else load_catalogue(shipped_catalogue_path())
-        return cls(load_pack(pack_path), catalogue, pack_path)
+        return cls(load_policy(pack_path), catalogue, pack_path)
 
     # --- batch ---------------------------------------------------------------------------------
 
     def settle_table(self, visits: pa.Table, lines: pa.Table | None = None, mode="settle",
-                     opening_acc: dict | None = None, source="visits", line_source="lines") -> BatchResult:
+                     opening_acc: dict | None = None, source="visits", line_source="lines",
+                     detail=False) -> BatchResult:
         """Settle every visit; a person's visits in settlement-time order, accumulators carried.
 
         opening_acc: optional {(psn_no, insutype, year): {ACC name: value}} to start from (the
-        ledger's totals); absent rows start at zero. Bad input raises InputError before anything runs.
-        The same as settle_prepared(prepare(visits, lines)).
+        ledger's totals); absent rows start at zero. detail: also build the setldetail table (one
+        row per fund that applies to a visit, docs/data.md). Bad input raises InputError before
+        anything runs. The same as settle_prepared(prepare(visits, lines)).
         """
-        return self.settle_prepared(self.prepare(visits, lines, source, line_source), mode, opening_acc)
+        return self.settle_prepared(self.prepare(visits, lines, source, line_source), mode, opening_acc, detail)
 
     def prepare(self, visits: pa.Table, lines: pa.Table | None = None, source="visits",
                 line_source="lines") -> VisitBatch:
@@ -146,22 +195,38 @@ class Settler:
         any pack lookup; the others are raised by settle_prepared, in settle_table's order."""
         return prepare_visits(visits, lines, source, line_source)
 
-    def settle_prepared(self, batch: VisitBatch, mode="settle", opening_acc: dict | None = None) -> BatchResult:
+    def settle_prepared(self, batch: VisitBatch, mode="settle", opening_acc: dict | None = None,
+                        detail=False) -> BatchResult:
         """settle_table of a prepared batch under this Settler's pack."""
-        raw = self.settle_raw(batch, mode, opening_acc)
+        return self._batch_result(batch, self.settle_raw(batch, mode, opening_acc), detail)
+
+    def _batch_result(self, batch: VisitBatch, raw: "RawSettlement", detail: bool) -> BatchResult:
         return BatchResult(self._result_table(batch.id_columns, raw.prep, raw.out, raw.status, raw.flags),
                            self._acc_table(raw.prep, raw.acc),
-                           pa.table({"psn_no": raw.prep.psn_names, "balc": pa.array(raw.balance)}))
+                           pa.table({"psn_no": raw.prep.psn_names, "balc": pa.array(raw.balance)}),
+                           self.detail_table(batch.id_columns, raw) if detail else None)
+
+    def detail_table(self, id_columns, raw: "RawSettlement") -> pa.Table:
+        """The setldetail rows of a settled batch, by visit in input order (kernel.detail)."""
+        prep = raw.prep
+        funds = self._detail.funds(raw.out, raw.status, raw.flags, prep.rule, prep.group, prep.cats,
+                                   prep.cause, prep.out_area, prep.item[_INSCP_ESS])
+        return self._detail.table(funds, prep.order, len(prep.order), id_columns, prep.version)
 
     def settle_raw(self, batch: VisitBatch, mode="settle", opening_acc: dict | None = None,
-                   out: np.ndarray | None = None) -> "RawSettlement":
+                   out: np.ndarray | None = None, carry=None) -> "RawSettlement":
         """settle_prepared without building the result table: the kernel's arrays, in processing order.
-        out: an int64 (len(OUT_COLS), n) array to write into (reused between settlements of a batch)."""
+        out: an int64 (len(OUT_COLS), n) array to write into (reused between settlements of a batch).
+        carry: a kernel.chunks.Carry: start from the totals and balances it carries from earlier
+        chunks of the file (instead of opening_acc and acct_balc), and take in this batch's after."""
         from ._chain import settle
 
         prep = prepare_for_pack(self.compiled, self.catalogue, batch)
         acc = np.zeros((len(prep.slot_psn), len(layout.ACC_COLS)), dtype=np.int64)
-        if opening_acc:
+        balance = prep.balance.copy()
+        if carry is not None:
+            acc, balance, carried = carry.opening(batch, prep)
+        elif opening_acc:
             names = prep.psn_names.to_pylist()
             schemes = [s.code for s in self.pack.schemes]
             for slot, (p, s, y) in enumerate(zip(prep.slot_psn.tolist(), prep.slot_scheme.tolist(),
@@ -175,11 +240,12 @@ class Settler:
             out = empty_large((len(layout.OUT_COLS), n), np.int64)
         status = empty_large(n, np.int8)
         flags = empty_large(n, np.int32)
-        balance = prep.balance.copy()
         cp = self.compiled
         settle(cp.rules, cp.diseases, cp.bands, cp.n_groups, prep.item, prep.rule, prep.group,
                prep.cats, prep.cause, prep.out_area, prep.referral, prep.bed_days, prep.acct_used,
                prep.acc_slot, prep.psn_slot, acc, balance, _MODES[mode], out, status, flags)
+        if carry is not None:
+            carry.update(carried, acc, balance)
         return RawSettlement(prep, out, status, flags, acc, balance)
 
     def _result_table(self, id_columns, prep, out, status, flags) -> pa.Table:
@@ -229,14 +295,94 @@ class Settler:
             cols[name] = pa.array(acc[:, k])
         return pa.table(cols)
 
-    def settle_file(self, visits_path, out_path, lines_path=None, mode="settle") -> BatchResult:
-        """Parquet (or CSV) visits [+ lines] -> Parquet results; written only if everything settles."""
-        visits = read_table(visits_path)
-        lines = read_table(lines_path) if lines_path else None
-        result = self.settle_table(visits, lines, mode, source=str(visits_path),
-                                   line_source=str(lines_path) if lines_path else "lines")
-        write_atomic(result.table, out_path)
-        return result
+    def settle_file(self, visits, out_path, lines=None, mode="settle", detail_path=None,
+                    chunk_rows: int = DEFAULT_CHUNK_ROWS, progress=None) -> "FileResult":
+        """Visits [+ line items] -> Parquet results [+ setldetail rows], chunk by chunk.
+
+        visits, lines: a Parquet or CSV path, or an Arrow table. Parquet is read chunk_rows rows
+        at a time and each person's totals and balance carried between chunks, so the results are
+        those of one settle_table call over the whole input (kernel/chunks.py: when a person's
+        visits go back in time across chunks, the input is settled again in one call).
+        progress(done, total, what) is called as the visits are settled. Written only if everything
+        settles: a refused input leaves no output file (and nothing beside it)."""
+        from . import chunks
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
+
+        def notify(done, total, what):
+            if progress is not None:
+                progress(done, total, what)
+
+        labels = [str(x) if isinstance(x, (str, Path)) else name
+                  for x, name in ((visits, "visits"), (lines, "lines"))]
+        visits, lines = (read_table(x) if isinstance(x, (str, Path)) and chunks.is_csv(x) else x
+                         for x in (visits, lines))
+        total = chunks.count_rows(visits)
+        outputs = [_PartialParquet(out_path)] + ([_PartialParquet(detail_path)] if detail_path else [])
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with tempfile.TemporaryDirectory(dir=Path(out_path).parent, prefix=".medsettle-spill-") as spill:
+                try:
+                    result = self._settle_chunks(visits, lines, mode, outputs, chunk_rows, total, labels,
+                                                 Path(spill), notify)
+                except chunks.OutOfOrder:
+                    for o in outputs:
+                        o.discard()
+                    notify(0, total, "a person's visits go back in time across chunks: settling in one pass")
+                    result = self._settle_whole(visits, lines, mode, outputs, chunk_rows, labels)
+                    notify(total, total, "settled in one pass")
+            for o in outputs:
+                o.commit()
+            return result
+        finally:
+            for o in outputs:
+                o.discard()
+
+    def _settle_chunks(self, visits, lines, mode, outputs, chunk_rows, total, labels, spill, notify):
+        from . import chunks
+        from .resettle import _shift
+        carry = chunks.Carry(len(self.pack.schemes))
+        ids, line_chunks = chunks.StringIndex(), None
+        if lines is not None:
+            notify(0, total, "finding each line item's visit")
+            ids = chunks.visit_ids(visits, chunk_rows, labels[0])
+            if ids is not None:
+                line_chunks = chunks.LineChunks(lines, ids, chunk_rows, spill, labels[1])
+        summary = _Summary()
+        done = 0
+        for k, (table, first_row) in enumerate(chunks.visit_chunks(visits, chunk_rows)):
+            chunk_lines, numbers = line_chunks.get(k) if line_chunks is not None else (None, None)
+            try:
+                batch = self.prepare(table, chunk_lines, labels[0], labels[1])
+                raw = self.settle_raw(batch, mode, carry=carry)
+            except InputError as e:
+                raise _shift(e, row=None if e.row is None else e.row + first_row,
+                             line=None if e.line is None or numbers is None else int(numbers[e.line - 1])) from None
+            if lines is None:                    # (with lines, visit_ids checked every id beforehand)
+                chunks.check_new_ids(ids, batch.id_columns[0], first_row, labels[0])
+            outputs[0].write(self._result_table(batch.id_columns, raw.prep, raw.out, raw.status, raw.flags))
+            if len(outputs) > 1:
+                outputs[1].write(self.detail_table(batch.id_columns, raw))
+            summary.add(raw.out, raw.status)
+            done += batch.n
+            notify(done, total, "settling" if done < total else "settled")
+            del batch, raw
+        codes = [s.code for s in self.pack.schemes]
+        return FileResult(done, summary.totals, summary.statuses(), carry.accumulators(codes), carry.balances(),
+                          chunks=k + 1, one_pass=False)
+
+    def _settle_whole(self, visits, lines, mode, outputs, chunk_rows, labels):
+        visits, lines = (pq.read_table(x) if isinstance(x, (str, Path)) else x for x in (visits, lines))
+        batch = self.prepare(visits, lines, labels[0], labels[1])
+        raw = self.settle_raw(batch, mode)
+        result = self._batch_result(batch, raw, detail=len(outputs) > 1)
+        for output, table in zip(outputs, (result.table, result.detail)):
+            for start in range(0, max(table.num_rows, 1), chunk_rows):
+                output.write(table.slice(start, chunk_rows))
+        summary = _Summary()
+        summary.add(raw.out, raw.status)
+        return FileResult(batch.n, summary.totals, summary.statuses(), result.accumulators, result.balances,
+                          chunks=1, one_pass=True)
 
     # --- real time -----------------------------------------------------------------------------
 
@@ -287,24 +433,13 @@ class Settler:
             status=_STATUS_NAMES[code], reason=reason, policy_version=label, amounts=amounts,
             flags=int(flags[0]), acc_after=dict(zip(layout.ACC_COLS, acc_row[0].tolist())),
             balance_after=int(bal[0]),
-            setldetail=self.setldetail(amounts, int(flags[0]), self.rule_label(int(cols["rule"][0]))))
+            setldetail=[SetlDetail(*row) for row in self._detail.rows_of_one(
+                out, status, flags, cols["rule"], cols["group"], cols["cats"], cols["cause"], cols["out_area"],
+                item[_INSCP_ESS])])
 
     def rule_label(self, rule: int) -> str:
         """The rule row in words: pack/scheme/version, med type, level."""
-        cp = self.compiled
-        level = self.pack.levels[rule % cp.n_levels]
-        med_type = self.pack.med_types[(rule // cp.n_levels) % cp.n_med_types]
-        return f"{self._labels[rule // (cp.n_levels * cp.n_med_types)]}, {med_type.name} at {level.name}"
-
-    def setldetail(self, amounts: dict, flags: int, version: str) -> list[SetlDetail]:
-        """One row per fund that applies, with its rule and version in words."""
-        rows = []
-        for code, pay, lmt in _FUNDS:
-            if amounts[pay] == 0 and amounts[lmt] < 0 and code != "hifp":
-                continue
-            rows.append(SetlDetail(code, amounts["inscp_scp_amt"], amounts[lmt], amounts[pay],
-                                   fund_trace(code, amounts, flags, version)))
-        return rows
+        return self._detail.rule_label(rule)
 
     # --- explain -------------------------------------------------------------------------------
 
@@ -312,7 +447,8 @@ class Settler:
         """The kernel's result for one visit and the reference implementation's step trace of it.
 
         The person's earlier visits in the table are settled first (same order as the batch), so the
-        trace starts from the same year-to-date totals the kernel used.
+        trace starts from the same year-to-date totals the kernel used. The result row carries the
+        visit's setldetail rows (dicts of kernel.detail.DETAIL_SCHEMA) under "setldetail".
         """
         import pyarrow.compute as pc
 
@@ -328,8 +464,10 @@ class Settler:
         if lines is not None:
             person_lines = lines.filter(pc.is_in(lines.column("mdtrt_id"),
                                                  value_set=person_visits.column("mdtrt_id")))
-        table = self.settle_table(person_visits, person_lines).table
+        settled = self.settle_table(person_visits, person_lines, detail=True)
+        table, detail = settled.table, settled.detail
         kernel_row = table.filter(pc.equal(table.column("mdtrt_id"), mdtrt_id)).to_pylist()[0]
+        kernel_row["setldetail"] = detail.filter(pc.equal(detail.column("mdtrt_id"), mdtrt_id)).to_pylist()
         person = person_visits.to_pylist()
         by_visit = None
         if person_lines is not None:
@@ -345,31 +483,10 @@ class Settler:
         return self._reference_catalogue
 
 
-def fund_trace(code: str, a: dict, flags: int, version: str) -> str:
-    """setl_proc_info: what the fund paid and why, in words."""
-    def has(flag):
-        return bool(flags >> _C[flag] & 1)
-    lmt = a[f"{'cvlserv' if code == 'cvlserv' else code}_lmt"]
-    left = "no annual cap" if lmt < 0 else f"{fen(lmt)} of the annual cap left before this visit"
-    if code == "hifp":
-        how = ("quota payment" if has("F_QUOTA") or has("F_BEDDAY") else
-               "banded ratios" if has("F_BANDED") else f"ratio {pct(a['pool_prop_selfpay'])}")
-        extra = [w for f, w in (("F_DENIED", "denied (referral/out-of-area rule)"),
-                                ("F_FLOOR", "disease-group floor"), ("F_OVERRIDE", "disease-group ratio"),
-                                ("F_ESS_UPLIFT", "essential-drug uplift"), ("F_HIFP_CAPPED", "capped"),
-                                ("F_GM_TOPUP", "guaranteed-minimum top-up")) if has(f)]
-        return (f"{version}: basic fund, deductible {fen(a['act_pay_dedc'])}, {how}"
-                + (f" ({', '.join(extra)})" if extra else "") + f"; paid {fen(a['hifp_pay'])}; {left}")
-    names = {"hifob": "large-amount subsidy", "hifmi": "serious-illness insurance",
-             "cvlserv": "civil-servant subsidy", "maf": "medical assistance"}
-    capped = {"hifob": "F_HIFOB_CAPPED", "hifmi": "F_MI_CAPPED", "cvlserv": "F_CVL_CAPPED",
-              "maf": "F_MAF_CAPPED"}[code]
-    form = " (effective-ratio top-up)" if code == "hifmi" and has("F_MI_EFFECTIVE") else ""
-    return (f"{version}: {names[code]}{form} paid {fen(a[code + '_pay'])}"
-            + (" (capped)" if has(capped) else "") + f"; {left}")
-
-
 _ZERO_SLOT = np.zeros(1, dtype=np.int32)
+_INSCP_ESS = layout.ITEM_COLS.index("I_INSCP_ESS")
+
+
 def read_table(path) -> pa.Table:
     path = Path(path)
     if path.suffix.lower() == ".csv":

@@ -329,13 +329,23 @@ def _replace_at(obj, steps, value):
 
 
 def load_pack(path) -> Pack:
-    """Decode, merge inherited versions, validate: a Pack or a PolicyError naming file and key path."""
+    """Decode, merge inherited versions, validate: a Pack or a PolicyError naming file and key path.
+    A draft (a TOML with ``base``) is refused with a message saying how to read it."""
     path = Path(path)
     try:
         raw = msgspec.toml.decode(path.read_bytes())
     except msgspec.DecodeError as e:
         raise PolicyError(path, "", f"not valid TOML: {e}") from None
+    if is_draft(raw):
+        raise PolicyError(path, "$.base", f"this is a draft over {raw['base']!r}, not a pack: read it over its "
+                          "base with kernel.resettle.load_policy (`medsettle policy check` and "
+                          "`medsettle resettle --new-pack` do)")
     return pack_from_raw(raw, path)
+
+
+def is_draft(raw) -> bool:
+    """A decoded TOML document that is a draft over a base pack (基金测算), not a pack itself."""
+    return isinstance(raw, dict) and "base" in raw
 
 
 def pack_from_raw(raw: dict, source="<pack>") -> Pack:
