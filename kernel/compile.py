@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .layout import BAND_MAX, BAND_UNUSED, DISEASE_COLS, RULE_COLS
-from .policy import Pack, Version
+from .policy import Pack, Version, once_a_year_bits
 
 R = {name: i for i, name in enumerate(RULE_COLS)}
 D = {name: i for i, name in enumerate(DISEASE_COLS)}
@@ -128,6 +128,7 @@ class CompiledPack:
             for prefix in g.icd10:
                 self._prefixes.setdefault(prefix.upper(), []).append((gi, g.min_age, g.max_age))
 
+        self._once_bit = once_a_year_bits(pack)
         self._bandsets: dict[tuple, int] = {}
         self.rules = np.zeros((self.n_rules, N_RULE), np.int64)
         self.diseases = np.zeros((self.n_rules * self.n_groups, N_DIS), np.int64)
@@ -251,7 +252,7 @@ class CompiledPack:
                 if rule.override is not None:
                     d[D["D_OVERRIDE"]] = rule.override
                 if rule.deductible_once_a_year:
-                    d[D["D_DED_ONCE_A_YEAR"]] = 1
+                    d[D["D_DED_ONCE_A_YEAR"]] = self._once_bit[code]
                 quota = rule.quota
                 if quota is not None and level in quota.amount:   # no amount at this level: fee-for-item
                     d[D["D_QUOTA_MODE"]] = 1 if quota.mode == "single_disease" else 2

@@ -21,7 +21,7 @@ from typing import Literal
 
 import msgspec
 
-from .layout import BAND_MAX, DENY
+from .layout import BAND_MAX, DENY, MAX_ONCE_A_YEAR_GROUPS
 
 
 class PolicyError(ValueError):
@@ -250,6 +250,16 @@ class Pack(_S, kw_only=True):
     schemes: list[Scheme]
 
 
+def once_a_year_bits(pack: Pack) -> dict[str, int]:
+    """Group code -> its bit in the once-a-year accumulator (A_DED_ONCE), for every group some
+    disease rule marks deductible_once_a_year: bit k is the k-th such group in disease_groups order
+    (so a group added later goes after them, or last years' ledger bits change meaning)."""
+    marked = {g for s in pack.schemes for v in s.versions for rule in v.diseases
+              if rule.deductible_once_a_year for g in rule.groups}
+    ordered = [g.code for g in pack.disease_groups if g.code in marked]
+    return {code: 1 << k for k, code in enumerate(ordered)}
+
+
 # --- loading -------------------------------------------------------------------------------------
 
 def _strip_none(obj):
@@ -457,6 +467,11 @@ def validate(pack: Pack, source="<pack>") -> None:
                 fail(f"{path}.{field}", f"an age in whole years 0..150, got {age}")
         if g.min_age is not None and g.max_age is not None and g.min_age > g.max_age:
             fail(f"{path}.max_age", f"max_age {g.max_age} is below min_age {g.min_age}")
+
+    once = once_a_year_bits(pack)
+    if len(once) > MAX_ONCE_A_YEAR_GROUPS:
+        fail("$.disease_groups", f"at most {MAX_ONCE_A_YEAR_GROUPS} groups may have a once-a-year "
+             f"deductible (bits of an accumulator), got {len(once)}")
 
     for si, scheme in enumerate(pack.schemes):
         spath = f"$.schemes[{si}]"

@@ -177,6 +177,13 @@ BAD = [
      f"{V0}.adjustments.categories.low_income", ["deny"]),
     ("child older than adult", 'icd10 = ["C34"] }', 'icd10 = ["C34"], min_age = 18, max_age = 17 }',
      "$.disease_groups[0].max_age", ["below min_age", "17"]),
+    ("63 once-a-year groups", 'disease_groups = [{ code = "lung", name = "lung cancer", icd10 = ["C34"] }]',
+     "disease_groups = [" + ", ".join(f'{{ code = "g{k}", name = "g", icd10 = ["Z{k:02d}"] }}' for k in range(63))
+     + ', { code = "lung", name = "lung cancer", icd10 = ["C34"] }]\n'
+     + "[[schemes]]\ncode = \"other\"\nname = \"other\"\n[[schemes.versions]]\nid = \"o\"\n"
+     + "effective_from = 2013-01-01\n[[schemes.versions.diseases]]\ndeductible_once_a_year = true\ngroups = ["
+     + ", ".join(f'"g{k}"' for k in range(63)) + "]",
+     "$.disease_groups", ["at most 62", "once-a-year", "63"]),
     ("two floors for one group", "[schemes.versions.serious_illness]",
      '[[schemes.versions.diseases]]\ngroups = ["lung"]\nfloor = "90%"\n\n[schemes.versions.serious_illness]',
      f"{V0}.diseases[1].floor", ["'lung'", "already has a floor"]),
