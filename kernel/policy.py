@@ -237,9 +237,14 @@ STANDARD_CAUSES = ["none", "traffic", "fight", "drunkenness", "self_harm", "crim
                    "maternity", "cosmetic", "pending"]
 
 
+# An administrative division code (行政区划代码, GB/T 2260): the national platform's *_admdvs.
+ADMDVS = re.compile(r"^[0-9]{6}$")
+
+
 class Pack(_S, kw_only=True):
     name: str
-    region: str                  # pooling region code (统筹区)
+    region: str                  # pooling region code (统筹区): the insured region of a visit without one
+    regions: list[str] = []      # every code of the pooling region (its counties / districts); default [region]
     description: str = ""
     unknown_codes: Literal["refuse", "selfpay"] = "refuse"
     categories: list[str] = msgspec.field(default_factory=lambda: list(STANDARD_CATEGORIES))  # at most 8: bit i of a visit's category mask
@@ -248,6 +253,10 @@ class Pack(_S, kw_only=True):
     med_types: list[MedType]
     disease_groups: list[DiseaseGroup] = []
     schemes: list[Scheme]
+
+    def __post_init__(self):
+        if not self.regions:
+            self.regions = [self.region]
 
 
 def once_a_year_bits(pack: Pack) -> dict[str, int]:
@@ -440,6 +449,12 @@ def validate(pack: Pack, source="<pack>") -> None:
         fail("$.med_types", "a pack needs at least one med type")
     if not pack.schemes:
         fail("$.schemes", "a pack needs at least one scheme")
+    for path, code in [("$.region", pack.region)] + [(f"$.regions[{i}]", c) for i, c in enumerate(pack.regions)]:
+        if not ADMDVS.match(code):
+            fail(path, f"a region is a 6-digit administrative division code like \"530300\", got {code!r}")
+    unique(pack.regions, "$.regions", "region")
+    if pack.region not in pack.regions:
+        fail("$.regions", f"must include the pack's region {pack.region!r}, got {pack.regions!r}")
     unique(levels, "$.levels", "level code")
     unique(med_types, "$.med_types", "med type code")
     unique(groups, "$.disease_groups", "disease group code")

@@ -336,9 +336,14 @@ def _context(pack: Pack, visit: dict) -> tuple[_Ctx, datetime.date]:
                          mdtrt_id=mdtrt_id)
     bed_days = visit.get("ipt_days") or 0
     _money(bed_days, "ipt_days", mdtrt_id=mdtrt_id, rule="days must be >= 0")
-    insu = visit.get("insu_admdvs") or pack.region
-    treated = visit.get("mdtrt_admdvs") or insu
-    out_area = 0 if treated == insu else (1 if visit.get("out_filing_flag") else 2)
+    # the insured region must be the pack's (unknown region, section 9); treatment may be anywhere
+    insured = visit.get("insu_admdvs")
+    if insured is not None and insured not in pack.regions:
+        raise InputError("insu_admdvs", f"unknown region of pack {pack.name}", insured, mdtrt_id=mdtrt_id)
+    treated = visit.get("mdtrt_admdvs")
+    if treated is not None and not (len(treated) == 6 and treated.isascii() and treated.isdigit()):
+        raise InputError("mdtrt_admdvs", "unknown region: not a 6-digit code", treated, mdtrt_id=mdtrt_id)
+    out_area = 0 if treated is None or treated in pack.regions else (1 if visit.get("out_filing_flag") else 2)
     group = disease_group(pack, visit.get("dise_codg"), age_years(visit.get("brdy"), day))
     disease = _disease_terms(version, group, med_type.code)
     rule = version.med_types.get(med_type.code)

@@ -105,6 +105,52 @@ def test_unknown_codes(settler, code, field, value):
     refuse(settler, [good_visit(**{field: value})], good_lines(code=code), field, "unknown", value=value, row=1)
 
 
+def refuse_one(settler, visit, lines, field, words, value=None, line=None, row=None):
+    """The same refusal on the real-time path (settle_one, as the server calls it)."""
+    with pytest.raises(InputError) as e:
+        settler.settle_one(visit, lines)
+    err = e.value
+    assert (err.field, err.line, err.row) == (field, line, row) and words in str(err)
+    if value is not None:
+        assert err.value == value
+    return err
+
+
+def test_unknown_insured_region(settler, code):
+    """SETTLEMENT.md section 9, unknown region: a person insured outside the pack's pooling region."""
+    bad = good_visit("V2", insu_admdvs="ZZZ", mdtrt_admdvs="QQQ")
+    first = good_visit(insu_admdvs="530300", mdtrt_admdvs=None)     # from_pylist takes row 1's columns
+    err = refuse(settler, [first, bad], good_lines(code=code) + good_lines("V2", code=code),
+                 "insu_admdvs", "unknown region", value="ZZZ", row=2)
+    assert "530300" in str(err) and "530382" in str(err)         # the pack's codes are listed
+    refuse_one(settler, bad, good_lines("V2", code=code), "insu_admdvs", "unknown region", value="ZZZ", row=1)
+    # a code of another prefecture is as unknown as a malformed one
+    refuse(settler, [good_visit(insu_admdvs="110000")], good_lines(code=code), "insu_admdvs",
+           "unknown region", value="110000", row=1)
+
+
+def test_treatment_region_must_be_a_region_code(settler, code):
+    """Treatment may be anywhere (out of area is legal), but "QQQ" is no region at all."""
+    bad = good_visit(mdtrt_admdvs="QQQ")
+    refuse(settler, [bad], good_lines(code=code), "mdtrt_admdvs", "6-digit", value="QQQ", row=1)
+    refuse_one(settler, bad, good_lines(code=code), "mdtrt_admdvs", "6-digit", value="QQQ", row=1)
+
+
+def test_regions_of_the_pooling_region_are_local(settler, code):
+    """A county of the prefecture is in the pooling region: treatment there is not out of area;
+    treatment in another prefecture is (the rural pack has no out-of-area adjustment, only the flag)."""
+    from kernel.layout import FLAGS
+    out_area = 1 << FLAGS.index("F_OUT_AREA")
+    visits = [good_visit("V1", insu_admdvs="530302", mdtrt_admdvs="530321"),
+              good_visit("V2", psn_no="P2", insu_admdvs="530302", mdtrt_admdvs="530100"),
+              good_visit("V3", psn_no="P3", mdtrt_admdvs="530300")]
+    lines = good_lines("V1", code) + good_lines("V2", code) + good_lines("V3", code)
+    rows = settler.settle_table(pa.Table.from_pylist(visits), pa.Table.from_pylist(lines)).table.to_pylist()
+    assert [bool(r["flags"] & out_area) for r in rows] == [False, True, False]
+    assert [bool(settler.settle_one(v, good_lines(v["mdtrt_id"], code)).flags & out_area)
+            for v in visits] == [False, True, False]
+
+
 def test_overflow(settler, code):
     lines = good_lines(code=code)
     lines[0].update(cnt=10**8, pric=10**8, det_item_fee_sumamt=10**16)

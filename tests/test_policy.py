@@ -177,6 +177,9 @@ BAD = [
      f"{V0}.adjustments.categories.low_income", ["deny"]),
     ("child older than adult", 'icd10 = ["C34"] }', 'icd10 = ["C34"], min_age = 18, max_age = 17 }',
      "$.disease_groups[0].max_age", ["below min_age", "17"]),
+    ("region not a region code", 'region = "000000"', 'region = "Z00"', "$.region", ["6-digit", "'Z00'"]),
+    ("regions without the region", 'region = "000000"', 'region = "000000"\nregions = ["000001"]',
+     "$.regions", ["must include", "'000000'"]),
     ("63 once-a-year groups", 'disease_groups = [{ code = "lung", name = "lung cancer", icd10 = ["C34"] }]',
      "disease_groups = [" + ", ".join(f'{{ code = "g{k}", name = "g", icd10 = ["Z{k:02d}"] }}' for k in range(63))
      + ', { code = "lung", name = "lung cancer", icd10 = ["C34"] }]\n'
