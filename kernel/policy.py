@@ -107,6 +107,7 @@ class DiseaseGroup(_S, kw_only=True):
     code: str
     name: str
     icd10: list[str]             # prefixes of the main diagnosis code ("C34" matches "C34.901")
+    secondary: list[str] = []    # if any: prefixes one of the visit's secondary diagnoses must match
     min_age: int | None = None   # inclusive, whole years at the governing date
     max_age: int | None = None   # inclusive
 
@@ -473,9 +474,10 @@ def validate(pack: Pack, source="<pack>") -> None:
         path = f"$.disease_groups[{gi}]"
         if not g.icd10:
             fail(f"{path}.icd10", f"group {g.code!r} lists no ICD-10 prefix")
-        for pi, prefix in enumerate(g.icd10):
-            if not prefix or prefix != prefix.strip() or " " in prefix:
-                fail(f"{path}.icd10[{pi}]", f"an ICD-10 prefix like \"C34\", got {prefix!r}")
+        for field in ("icd10", "secondary"):
+            for pi, prefix in enumerate(getattr(g, field)):
+                if not prefix or prefix != prefix.strip() or " " in prefix or "," in prefix:
+                    fail(f"{path}.{field}[{pi}]", f"an ICD-10 prefix like \"C34\", got {prefix!r}")
         for field in ("min_age", "max_age"):
             age = getattr(g, field)
             if age is not None and not 0 <= age <= 150:

@@ -228,13 +228,17 @@ def age_years(brdy: datetime.date | None, day: datetime.date) -> int | None:
 
 
 def disease_group(pack: Pack, dise_codg: str | None, age_years: int | None) -> DiseaseGroup | None:
-    """The group with the longest ICD-10 prefix matching the main diagnosis whose age conditions
-    hold (inclusive bounds; no age = conditions fail); ties go to the group listed first."""
+    """The group with the longest ICD-10 prefix matching the main diagnosis (the first code of
+    dise_codg; secondary diagnoses follow after commas) among the groups whose age conditions hold
+    (inclusive bounds; no age = conditions fail) and whose required secondary diagnosis, if any,
+    is among the visit's; ties go to the group listed first."""
     if not dise_codg:
         return None
-    code = dise_codg.strip().upper()
+    code, *secondary = [c.strip() for c in dise_codg.upper().split(",")]
     best, best_len = None, -1
     for group in pack.disease_groups:
+        if group.secondary and not any(s.startswith(p.upper()) for s in secondary for p in group.secondary):
+            continue
         if group.min_age is not None or group.max_age is not None:
             if age_years is None:
                 continue

@@ -25,7 +25,7 @@ VISIT_FIELDS = [
     ("begndate", pa.date32(), False, "admission or visit date; default: enddate"),
     ("enddate", pa.date32(), True, "discharge date"),
     ("setl_time", pa.timestamp("s"), True, "settlement time: a person's visits are settled in this order"),
-    ("dise_codg", pa.string(), False, "main diagnosis, ICD-10"),
+    ("dise_codg", pa.string(), False, "main diagnosis, ICD-10 (then secondary diagnoses, comma-separated)"),
     ("refl_flag", pa.bool_(), False, "referred (转诊)"),
     ("inj_cause", pa.string(), False, "injury cause code of the pack; default none"),
     ("ipt_days", pa.int32(), False, "bed days (per-bed-day quota)"),
