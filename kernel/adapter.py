@@ -106,25 +106,33 @@ _BACKGROUND_ROWS = 200_000
 
 # --- column access -------------------------------------------------------------------------------
 
-def _column(table: pa.Table, name, typ, required, source, default=None, combine=True):
+# A number column (money in fen, a quantity, days, a flag) given as floating point: refused even when
+# every value is whole (10000.0), since a float near money is a bug (SETTLEMENT.md section 2).
+FLOAT_RULE = "must be a whole number (int64), not floating point: a float near money is a bug"
+
+
+def _column(table: pa.Table, name, typ, required, source, default=None, combine=True, numbered="row"):
     """The column as a combined Array of `typ` (as a ChunkedArray when not combine), or None when
-    optional and absent."""
+    optional and absent. Errors name the field, the value and its row (numbered="line": its line)."""
     if name not in table.column_names:
         if required:
             raise InputError(name, "required column is missing", None, source=source)
         return None
     col = table.column(name)
+    if pa.types.is_floating(col.type) and (pa.types.is_integer(typ) or pa.types.is_boolean(typ)):
+        i = int(np.flatnonzero(~np.asarray(col.is_null(), dtype=bool))[0]) if col.null_count < len(col) else 0
+        raise InputError(name, FLOAT_RULE, col[i].as_py(), **{numbered: i + 1}, source=source)
     if col.type != typ:
         try:
             col = col.cast(typ)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            bad = _first_uncastable(col, typ)
-            raise InputError(name, f"must be {typ}", bad[1], row=bad[0], source=source) from None
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            at, value = _first_uncastable(col, typ)
+            raise InputError(name, f"must be {typ}", value, **{numbered: at}, source=source) from None
     if combine and isinstance(col, pa.ChunkedArray):
         col = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()     # one chunk: no copy
     if required and col.null_count:
-        row = int(np.flatnonzero(np.asarray(col.is_null()))[0])
-        raise InputError(name, "required value is missing", None, row=row + 1, source=source)
+        at = int(np.flatnonzero(np.asarray(col.is_null()))[0])
+        raise InputError(name, "required value is missing", None, **{numbered: at + 1}, source=source)
     return col
 
 
@@ -620,7 +628,8 @@ def _precomputed(visits, n, source):
 def _itemize_lines(compiled, catalogue, visit_ids, lines: pa.Table, n, source):
     from ._itemize import itemize
 
-    col = {name: _column(lines, name, typ, required, source) for name, typ, required, _ in LINE_FIELDS}
+    col = {name: _column(lines, name, typ, required, source, numbered="line")
+           for name, typ, required, _ in LINE_FIELDS}
     line_numbers = ONE_BASED
     visit = np.asarray(pc.index_in(col["mdtrt_id"], value_set=visit_ids).fill_null(-1), dtype=np.int64)
     bad = np.flatnonzero(visit < 0)
@@ -676,16 +685,18 @@ def _itemize_lines(compiled, catalogue, visit_ids, lines: pa.Table, n, source):
 # a real-time call must not pay for dozens of Arrow calls on a table of one row.
 # tests/test_realtime_path.py proves the two paths agree, result for result and error for error.
 
-def _scalar_int(name, value, row=1, source="visit", default=None):
+def _scalar_int(name, value, row=1, source="visit", default=None, line=None):
+    """An int (or a bool flag) as given; a float or anything else is refused, naming its row or line."""
     if value is None:
         return default
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
         return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    raise InputError(name, "must be int64", value, row=row, source=source)
+    where = {"row": row} if line is None else {"line": line}
+    if isinstance(value, float):
+        raise InputError(name, FLOAT_RULE, value, **where, source=source)
+    raise InputError(name, "must be int64", value, **where, source=source)
 
 
 class OneVisitAdapter:
@@ -854,11 +865,11 @@ class OneVisitAdapter:
             for name, typ, required, _ in LINE_FIELDS:
                 value = line.get(name)
                 if value is None:
-                    raise InputError(name, "required value is missing", None, row=k, source=source)
+                    raise InputError(name, "required value is missing", None, line=k, source=source)
                 if pa.types.is_string(typ) and not isinstance(value, str):
-                    raise InputError(name, "must be string", value, row=k, source=source)
+                    raise InputError(name, "must be string", value, line=k, source=source)
                 if pa.types.is_integer(typ):
-                    _scalar_int(name, value, row=k, source=source)
+                    _scalar_int(name, value, line=k, source=source)
             parsed.append(line)
         for k, line in enumerate(parsed, 1):
             if line["mdtrt_id"] != mdtrt_id:
