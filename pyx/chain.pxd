@@ -66,7 +66,8 @@ cdef int64_t adjusted_ratio(const Visit* v, const Settlement* s, int64_t rate) n
 # adjusted_ratio of a rate the visit pays at: sets F_FLOOR / F_OVERRIDE when they decide it; 0 if denied.
 cdef int64_t applied_ratio(const Visit* v, Settlement* s, int64_t rate) noexcept nogil
 
-# Sum over the bands of overlap([lo, hi), band) * rate in fen*bp; rates through applied_ratio when adjust.
+# Sum over the bands of overlap([lo, hi), band) * rate in fen*bp; when adjust, rates through f(x) and
+# F_FLOOR set if the floor decided the rate of a band paid at.
 cdef int64_t banded_amount(const Visit* v, Settlement* s, const int64_t* band, int64_t lo,
                            int64_t hi, bint adjust) noexcept nogil
 

@@ -76,7 +76,8 @@ cdef inline int64_t applied_ratio(const Visit* v, Settlement* s, int64_t rate) n
 cdef inline int64_t banded_amount(const Visit* v, Settlement* s, const int64_t* band, int64_t lo,
                                   int64_t hi, bint adjust) noexcept nogil:
     # unused bands have lower edge BAND_UNUSED (2**62): they overlap nothing and end the band before them
-    cdef int64_t total = 0, k, edge, upper, overlap, rate
+    cdef int64_t total = 0, k, edge, upper, overlap, rate, floor = v.dis[D_FLOOR], delta = s.delta
+    cdef bint floored = False
     for k in range(BAND_MAX):
         edge = band[2 * k]
         if edge >= hi:
@@ -85,7 +86,12 @@ cdef inline int64_t banded_amount(const Visit* v, Settlement* s, const int64_t* 
         overlap = min64(hi, upper) - max64(lo, edge)
         if overlap > 0:
             rate = band[2 * k + 1]
-            total += overlap * (applied_ratio(v, s, rate) if adjust else rate)
+            if adjust:
+                floored |= floor > 0 and floor > rate + delta
+                rate = adjusted_ratio(v, s, rate)
+            total += overlap * rate
+    if floored and v.dis[D_OVERRIDE] <= 0:
+        s.flags |= 1 << F_FLOOR                  # as applied_ratio would, for any band paid at (one store)
     return total
 
 
@@ -344,18 +350,22 @@ cdef inline void account(const Visit* v, Settlement* s, int64_t* balance) noexce
 
 
 cdef inline void commit(const Visit* v, const Settlement* s, int64_t* acc) noexcept nogil:
+    # every value read before the first store: a store through acc may alias any int64 (no strict aliasing)
     cdef int64_t admission = v.rule[R_COUNTS_ADMISSION] != 0
-    acc[A_DED_PAID_INP + v.pool] += s.ded
+    cdef int64_t once = v.dis[D_DED_ONCE_A_YEAR] & -admission
+    cdef int64_t* pool = acc + v.pool
+    cdef int64_t ded = s.ded, hifp = s.hifp, elig = s.elig, hifob = s.hifob, mi_base = s.mi_base
+    cdef int64_t hifmi = s.hifmi, cvl = s.cvl, maf = s.maf
+    pool[A_DED_PAID_INP] += ded
+    pool[A_HIFP_INP] += hifp
+    pool[A_ELIG_INP] += elig
     acc[A_ADMISSIONS] += admission
-    if admission:
-        acc[A_DED_ONCE] |= v.dis[D_DED_ONCE_A_YEAR]
-    acc[A_HIFP_INP + v.pool] += s.hifp
-    acc[A_ELIG_INP + v.pool] += s.elig
-    acc[A_HIFOB] += s.hifob
-    acc[A_MI_BASE] += s.mi_base
-    acc[A_HIFMI] += s.hifmi
-    acc[A_CVL] += s.cvl
-    acc[A_MAF] += s.maf
+    acc[A_DED_ONCE] |= once
+    acc[A_HIFOB] += hifob
+    acc[A_MI_BASE] += mi_base
+    acc[A_HIFMI] += hifmi
+    acc[A_CVL] += cvl
+    acc[A_MAF] += maf
 
 
 cdef inline void settle_visit(const Visit* v, Settlement* s, int64_t* acc, int64_t* balance,
@@ -521,9 +531,11 @@ def settle(const int64_t[:, ::1] rules, const int64_t[:, ::1] diseases, const in
                 i = i0 + j
                 if i + PREFETCH_AHEAD < n:
                     # in settlement-time order each visit reaches a random accumulator row: start
-                    # loading the row (and balance) of a later visit now, so DRAM latency overlaps work
+                    # loading the row (and balance) of a later visit now, so DRAM latency overlaps work;
+                    # a row of N_ACC * 8 > 64 bytes may touch three cache lines: its first, +64, last
                     ahead = acc_p + <Py_ssize_t>acc_slot_p[i + PREFETCH_AHEAD] * N_ACC
                     prefetch(ahead)
+                    prefetch(ahead + 8)
                     prefetch(ahead + N_ACC - 1)
                     prefetch(balance_p + psn_slot_p[i + PREFETCH_AHEAD])
                 r = rule_p[i]
