@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from .compile import NO_DATE, age_in_years, as_days
 from .errors import InputError
 from .layout import ITEM_COLS
+from .policy import ADMDVS
 from .schema import LINE_FIELDS, PRECOMPUTED_FIELDS, VISIT_FIELDS
 
 # Largest amount accepted, in fen (10 billion yuan): amount * 10000 bp stays far inside int64.
@@ -105,25 +106,33 @@ _BACKGROUND_ROWS = 200_000
 
 # --- column access -------------------------------------------------------------------------------
 
-def _column(table: pa.Table, name, typ, required, source, default=None, combine=True):
+# A number column (money in fen, a quantity, days, a flag) given as floating point: refused even when
+# every value is whole (10000.0), since a float near money is a bug (SETTLEMENT.md section 2).
+FLOAT_RULE = "must be a whole number (int64), not floating point: a float near money is a bug"
+
+
+def _column(table: pa.Table, name, typ, required, source, default=None, combine=True, numbered="row"):
     """The column as a combined Array of `typ` (as a ChunkedArray when not combine), or None when
-    optional and absent."""
+    optional and absent. Errors name the field, the value and its row (numbered="line": its line)."""
     if name not in table.column_names:
         if required:
             raise InputError(name, "required column is missing", None, source=source)
         return None
     col = table.column(name)
+    if pa.types.is_floating(col.type) and (pa.types.is_integer(typ) or pa.types.is_boolean(typ)):
+        i = int(np.flatnonzero(~np.asarray(col.is_null(), dtype=bool))[0]) if col.null_count < len(col) else 0
+        raise InputError(name, FLOAT_RULE, col[i].as_py(), **{numbered: i + 1}, source=source)
     if col.type != typ:
         try:
             col = col.cast(typ)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            bad = _first_uncastable(col, typ)
-            raise InputError(name, f"must be {typ}", bad[1], row=bad[0], source=source) from None
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            at, value = _first_uncastable(col, typ)
+            raise InputError(name, f"must be {typ}", value, **{numbered: at}, source=source) from None
     if combine and isinstance(col, pa.ChunkedArray):
         col = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()     # one chunk: no copy
     if required and col.null_count:
-        row = int(np.flatnonzero(np.asarray(col.is_null()))[0])
-        raise InputError(name, "required value is missing", None, row=row + 1, source=source)
+        at = int(np.flatnonzero(np.asarray(col.is_null()))[0])
+        raise InputError(name, "required value is missing", None, **{numbered: at + 1}, source=source)
     return col
 
 
@@ -193,7 +202,7 @@ def _known(index, col, name, mapping, source):
 # The checks are made in the order prepare() has always made them: an error of the first part that
 # comes after a pack check in that order is held and raised by the second part at its place.
 
-_CODE_COLUMNS = ("insutype", "med_type", "medins_lv", "inj_cause", "psn_cats")
+_CODE_COLUMNS = ("insutype", "med_type", "medins_lv", "inj_cause", "psn_cats", "insu_admdvs", "mdtrt_admdvs")
 
 
 @dataclass
@@ -210,8 +219,6 @@ class VisitBatch:
     setl: np.ndarray
     birth: tuple | None          # (year, month * 32 + day, missing) of brdy, or None
     begin_after_end: int         # first row (0-based) with begndate > enddate, or -1
-    away_known: np.ndarray | None    # insured != treated where both regions are given
-    region_rows: np.ndarray | None   # rows treated in a given region, insured region not given
     filed: np.ndarray | None
     tail_error: InputError | None    # ipt_days, acct_balc, then (without lines) amounts and total
     item: np.ndarray | None      # (N_ITEM, n) in processing order (precomputed amounts), else None
@@ -328,16 +335,6 @@ def prepare_visits(visits: pa.Table, lines: pa.Table | None = None, source="visi
         by, bm, bd = _civil(np.where(missing, 0, b), small=True)
         birth = (by, bm * 32 + bd, missing)
 
-    insured, treated = col["insu_admdvs"], col["mdtrt_admdvs"]
-    away_known = region_rows = None
-    if treated is not None:
-        if insured is not None:
-            away_known = np.asarray(pc.not_equal(insured, treated).fill_null(False), dtype=bool)
-            region_rows = np.flatnonzero(np.asarray(insured.is_null(), dtype=bool)
-                                         & ~np.asarray(treated.is_null(), dtype=bool))
-        else:
-            away_known = np.zeros(n, bool)
-            region_rows = np.flatnonzero(~np.asarray(treated.is_null(), dtype=bool))
     filed = _ints(col["out_filing_flag"], np.int8)
     referral = _ints(col["refl_flag"], np.int8)
     referral = np.zeros(n, np.int8) if referral is None else referral
@@ -388,7 +385,7 @@ def prepare_visits(visits: pa.Table, lines: pa.Table | None = None, source="visi
     return VisitBatch(
         n=n, source=source, line_source=line_source, col=col, codes=codes, lines=lines,
         end=end, begin=begin, setl=setl, birth=birth, begin_after_end=int(bad[0]) if bad.size else -1,
-        away_known=away_known, region_rows=region_rows, filed=filed, tail_error=tail_error,
+        filed=filed, tail_error=tail_error,
         item=None if item is None else _in_order(item, order, in_input_order), order=order,
         in_input_order=in_input_order, psn_idx=psn_idx,
         psn_names=psn_names, balance=balance, psn_slot=take(psn_idx, np.int32),
@@ -459,6 +456,8 @@ def prepare_for_pack(compiled, catalogue, batch: VisitBatch) -> Prepared:
         raise InputError("psn_cats", f"unknown person category (known: {', '.join(compiled.category_bit)})",
                          name, row=i + 1, source=source)
 
+    away = _treated_away(batch, pack)
+
     # governing date per scheme (admission, discharge or settlement), then the version in force
     dictionary = batch.codes["insutype"][0]
     kinds = {compiled.scheme_governing_date[si] for si in np.asarray(compiled.scheme_of(dictionary)) if si >= 0}
@@ -495,14 +494,9 @@ def prepare_for_pack(compiled, catalogue, batch: VisitBatch) -> Prepared:
     group = compiled.resolve_groups(diag, age).astype(np.int16)
     rule = compiled.rule_index(version, med_type, level).astype(np.int32)
 
-    if batch.away_known is None:
+    if away is None:
         out_area = np.zeros(n, np.int8)
     else:
-        away = batch.away_known
-        if batch.region_rows.size:          # insured region not given: the pack's region
-            away = away.copy()
-            rows = batch.region_rows
-            away[rows] = np.asarray(pc.not_equal(col["mdtrt_admdvs"].take(pa.array(rows)), pack.region), dtype=bool)
         filed = batch.filed.astype(bool) if batch.filed is not None else False
         out_area = np.where(away, np.where(filed, 1, 2), 0).astype(np.int8)
 
@@ -536,6 +530,40 @@ def prepare_for_pack(compiled, catalogue, batch: VisitBatch) -> Prepared:
         slot_psn=slot_of_key // 10000 // n_schemes, slot_scheme=(slot_of_key // 10000) % n_schemes,
         slot_year=(slot_of_key % 10000).astype(np.int32), version=take(version, np.int32),
         year=take(year, np.int32))
+
+
+def region_error(pack, field, code, row, source) -> InputError | None:
+    """SETTLEMENT.md section 9 "unknown region": the insured region (insu_admdvs) must be a code of
+    the pack's pooling region; the treatment region (mdtrt_admdvs) may be anywhere (out-of-area
+    care is legal) but must be an administrative division code. None when the code is good."""
+    if field == "insu_admdvs" and code not in pack.regions:
+        return InputError(field, f"unknown region: not in the pooling region of pack {pack.name} "
+                          f"(known: {', '.join(pack.regions)})", code, row=row, source=source)
+    if field == "mdtrt_admdvs" and not ADMDVS.match(code):
+        return InputError(field, "unknown region: not a 6-digit administrative division code "
+                          "(行政区划代码)", code, row=row, source=source)
+    return None
+
+
+def _treated_away(batch, pack):
+    """Per visit (input order), True where treated outside the pack's pooling region, or None when
+    no visit gives a treatment region; raises the first bad insured, then treatment, region."""
+    for field in ("insu_admdvs", "mdtrt_admdvs"):
+        if field not in batch.codes:
+            continue
+        dictionary, idx = batch.codes[field]
+        bad = np.array([region_error(pack, field, code, None, None) is not None
+                        for code in dictionary.to_pylist()] + [False])      # [-1]: a null is good
+        rows = np.flatnonzero(bad[idx])
+        if rows.size:
+            i = int(rows[0])
+            raise region_error(pack, field, dictionary[idx[i]].as_py(), i + 1, batch.source)
+    if "mdtrt_admdvs" not in batch.codes:
+        return None
+    dictionary, idx = batch.codes["mdtrt_admdvs"]
+    local = set(pack.regions)
+    away = np.array([code not in local for code in dictionary.to_pylist()] + [False])  # null: local
+    return away[idx]
 
 
 def _slots(psn_slot, scheme, year, n_persons, n_schemes):
@@ -600,7 +628,8 @@ def _precomputed(visits, n, source):
 def _itemize_lines(compiled, catalogue, visit_ids, lines: pa.Table, n, source):
     from ._itemize import itemize
 
-    col = {name: _column(lines, name, typ, required, source) for name, typ, required, _ in LINE_FIELDS}
+    col = {name: _column(lines, name, typ, required, source, numbered="line")
+           for name, typ, required, _ in LINE_FIELDS}
     line_numbers = ONE_BASED
     visit = np.asarray(pc.index_in(col["mdtrt_id"], value_set=visit_ids).fill_null(-1), dtype=np.int64)
     bad = np.flatnonzero(visit < 0)
@@ -656,16 +685,18 @@ def _itemize_lines(compiled, catalogue, visit_ids, lines: pa.Table, n, source):
 # a real-time call must not pay for dozens of Arrow calls on a table of one row.
 # tests/test_realtime_path.py proves the two paths agree, result for result and error for error.
 
-def _scalar_int(name, value, row=1, source="visit", default=None):
+def _scalar_int(name, value, row=1, source="visit", default=None, line=None):
+    """An int (or a bool flag) as given; a float or anything else is refused, naming its row or line."""
     if value is None:
         return default
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
         return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    raise InputError(name, "must be int64", value, row=row, source=source)
+    where = {"row": row} if line is None else {"line": line}
+    if isinstance(value, float):
+        raise InputError(name, FLOAT_RULE, value, **where, source=source)
+    raise InputError(name, "must be int64", value, **where, source=source)
 
 
 class OneVisitAdapter:
@@ -743,6 +774,11 @@ class OneVisitAdapter:
                 raise InputError("psn_cats", f"unknown person category (known: {', '.join(cp.category_bit)})",
                                  name, row=1, source=source)
             cats |= 1 << cp.category_bit[name]
+        for field in ("insu_admdvs", "mdtrt_admdvs"):
+            if strings[field] is not None:
+                error = region_error(pack, field, strings[field], 1, source)
+                if error is not None:
+                    raise error
         end = dates["enddate"][0]
         begin = dates["begndate"][0] if dates["begndate"] is not None else end
         setl = dates["setl_time"][0]
@@ -765,9 +801,8 @@ class OneVisitAdapter:
             group = int(cp.resolve_groups(pa.array([diag], pa.string()), np.array([age], np.int32))[0])
             if len(self.groups) < 100_000:
                 self.groups[(diag, age)] = group
-        insured = strings["insu_admdvs"] or pack.region
-        treated = strings["mdtrt_admdvs"] or insured
-        out_area = 0 if treated == insured else (1 if visit.get("out_filing_flag") else 2)
+        treated = strings["mdtrt_admdvs"]
+        out_area = 0 if treated is None or treated in pack.regions else (1 if visit.get("out_filing_flag") else 2)
         bed_days = _scalar_int("ipt_days", visit.get("ipt_days"), source=source, default=0)
         if bed_days < 0:
             raise InputError("ipt_days", "must not be negative", bed_days, row=1, source=source)
@@ -830,11 +865,11 @@ class OneVisitAdapter:
             for name, typ, required, _ in LINE_FIELDS:
                 value = line.get(name)
                 if value is None:
-                    raise InputError(name, "required value is missing", None, row=k, source=source)
+                    raise InputError(name, "required value is missing", None, line=k, source=source)
                 if pa.types.is_string(typ) and not isinstance(value, str):
-                    raise InputError(name, "must be string", value, row=k, source=source)
+                    raise InputError(name, "must be string", value, line=k, source=source)
                 if pa.types.is_integer(typ):
-                    _scalar_int(name, value, row=k, source=source)
+                    _scalar_int(name, value, line=k, source=source)
             parsed.append(line)
         for k, line in enumerate(parsed, 1):
             if line["mdtrt_id"] != mdtrt_id:

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .layout import BAND_MAX, BAND_UNUSED, DISEASE_COLS, RULE_COLS
-from .policy import Pack, Version
+from .policy import Pack, Version, once_a_year_bits
 
 R = {name: i for i, name in enumerate(RULE_COLS)}
 D = {name: i for i, name in enumerate(DISEASE_COLS)}
@@ -122,12 +122,14 @@ class CompiledPack:
             self._spans.append((starts, ends, np.array([base + i for i in order], np.int32)))
             base += len(scheme.versions)
 
-        # ICD-10 prefix -> [(group, min_age, max_age)] in pack order.
-        self._prefixes: dict[str, list[tuple[int, int | None, int | None]]] = {}
+        # ICD-10 prefix -> [(group, min_age, max_age, required secondary prefixes)] in pack order.
+        self._prefixes: dict[str, list[tuple[int, int | None, int | None, tuple[str, ...]]]] = {}
         for gi, g in enumerate(pack.disease_groups, start=1):
             for prefix in g.icd10:
-                self._prefixes.setdefault(prefix.upper(), []).append((gi, g.min_age, g.max_age))
+                self._prefixes.setdefault(prefix.upper(), []).append(
+                    (gi, g.min_age, g.max_age, tuple(p.upper() for p in g.secondary)))
 
+        self._once_bit = once_a_year_bits(pack)
         self._bandsets: dict[tuple, int] = {}
         self.rules = np.zeros((self.n_rules, N_RULE), np.int64)
         self.diseases = np.zeros((self.n_rules * self.n_groups, N_DIS), np.int64)
@@ -251,7 +253,7 @@ class CompiledPack:
                 if rule.override is not None:
                     d[D["D_OVERRIDE"]] = rule.override
                 if rule.deductible_once_a_year:
-                    d[D["D_DED_ONCE_A_YEAR"]] = 1
+                    d[D["D_DED_ONCE_A_YEAR"]] = self._once_bit[code]
                 quota = rule.quota
                 if quota is not None and level in quota.amount:   # no amount at this level: fee-for-item
                     d[D["D_QUOTA_MODE"]] = 1 if quota.mode == "single_disease" else 2
@@ -306,10 +308,12 @@ class CompiledPack:
         return str(out) if v.ndim == 0 else out
 
     def resolve_groups(self, diag, age_years) -> np.ndarray:
-        """int16 disease group per visit from the main diagnosis (ICD-10) and age in whole years.
+        """int16 disease group per visit from the diagnoses (ICD-10) and age in whole years.
 
-        The longest prefix wins among the groups whose age condition (min_age / max_age,
-        inclusive) holds; a tie goes to the group listed first. 0 = no group. Codes are compared
+        dise_codg is the main diagnosis, then optional secondary diagnoses after commas. The
+        longest prefix of the main diagnosis wins among the groups whose age condition (min_age /
+        max_age, inclusive) holds and whose required secondary diagnosis (``secondary``), if any,
+        the visit carries; a tie goes to the group listed first. 0 = no group. Codes are compared
         upper-case without surrounding blanks. An unknown age (negative or null) fails every age
         condition. Computed once per distinct (diagnosis, age) pair.
         """
@@ -324,7 +328,9 @@ class CompiledPack:
         fixed = np.zeros(k + 1, np.int16)          # index k (= -1) is a null diagnosis
         candidates: dict[int, list] = {}
         for j, name in enumerate(names):
-            cands = [c for length in range(len(name), 0, -1) for c in self._prefixes.get(name[:length], ())]
+            main, *secondary = [c.strip() for c in name.split(",")]
+            cands = [c[:3] for length in range(len(main), 0, -1) for c in self._prefixes.get(main[:length], ())
+                     if not c[3] or any(s.startswith(p) for s in secondary for p in c[3])]
             if not cands:
                 continue
             if cands[0][1] is None and cands[0][2] is None:

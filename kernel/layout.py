@@ -73,7 +73,7 @@ RULE_COLS = [
 DISEASE_COLS = [
     "D_FLOOR",              # bp, the ratio is not below this (0 = none)
     "D_OVERRIDE",           # bp, the ratio is exactly this (0 = none); wins over the floor
-    "D_DED_ONCE_A_YEAR",    # 1: only the first admission of the year in this group pays a deductible
+    "D_DED_ONCE_A_YEAR",    # the group's bit in A_DED_ONCE (0 = none): one deductible a year in this group
     "D_QUOTA_MODE",         # 0 fee-for-item, 1 single-disease quota (单病种定额), 2 per bed-day (按床日)
     "D_QUOTA_AMOUNT",       # fen: the quota (mode 1) or the daily rate (mode 2)
     "D_QUOTA_RATIO",        # bp, 0 = use the ratio of step 5
@@ -86,11 +86,13 @@ BAND_UNUSED = 2**62
 
 DENY = -100000              # a ratio delta meaning "the basic fund pays nothing"
 
-# Per (person, scheme, year) accumulators, one row per slot.
+# Per (person, scheme, year) accumulators, one row per slot. A pool's column pair is _INP then _OUT:
+# the kernel reads the visit's pool as A_*_INP + pool (R_POOL: 0 inpatient, 1 outpatient).
 ACC_COLS = [
-    "A_DED_PAID",           # deductible paid this year
+    "A_DED_PAID_INP",       # deductible paid this year, inpatient pool
+    "A_DED_PAID_OUT",       # deductible paid this year, outpatient pool
     "A_ADMISSIONS",         # admissions this year
-    "A_DED_ONCE",           # admissions this year in a once-a-year-deductible group
+    "A_DED_ONCE",           # bitmask: once-a-year-deductible groups (D_DED_ONCE_A_YEAR) admitted this year
     "A_HIFP_INP",           # basic fund paid, inpatient pool
     "A_HIFP_OUT",           # basic fund paid, outpatient pool
     "A_ELIG_INP",           # eligible amount (in scope after deductible), inpatient pool
@@ -101,6 +103,13 @@ ACC_COLS = [
     "A_CVL",                # civil-servant subsidy paid
     "A_MAF",                # medical assistance paid
 ]
+
+for _name in ACC_COLS:           # the pool pairs the kernel indexes as A_*_INP + pool
+    assert not _name.endswith("_INP") or ACC_COLS[ACC_COLS.index(_name) + 1] == _name[:-4] + "_OUT", _name
+del _name
+
+# Most disease groups a pack may mark deductible_once_a_year: each is a bit of A_DED_ONCE (int64).
+MAX_ONCE_A_YEAR_GROUPS = 62
 
 # Itemize output, one row each, shape (len(ITEM_COLS), n_visits).
 ITEM_COLS = [

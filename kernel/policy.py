@@ -21,7 +21,7 @@ from typing import Literal
 
 import msgspec
 
-from .layout import BAND_MAX, DENY
+from .layout import BAND_MAX, DENY, MAX_ONCE_A_YEAR_GROUPS
 
 
 class PolicyError(ValueError):
@@ -107,6 +107,7 @@ class DiseaseGroup(_S, kw_only=True):
     code: str
     name: str
     icd10: list[str]             # prefixes of the main diagnosis code ("C34" matches "C34.901")
+    secondary: list[str] = []    # if any: prefixes one of the visit's secondary diagnoses must match
     min_age: int | None = None   # inclusive, whole years at the governing date
     max_age: int | None = None   # inclusive
 
@@ -237,9 +238,14 @@ STANDARD_CAUSES = ["none", "traffic", "fight", "drunkenness", "self_harm", "crim
                    "maternity", "cosmetic", "pending"]
 
 
+# An administrative division code (行政区划代码, GB/T 2260): the national platform's *_admdvs.
+ADMDVS = re.compile(r"^[0-9]{6}$")
+
+
 class Pack(_S, kw_only=True):
     name: str
-    region: str                  # pooling region code (统筹区)
+    region: str                  # pooling region code (统筹区): the insured region of a visit without one
+    regions: list[str] = []      # every code of the pooling region (its counties / districts); default [region]
     description: str = ""
     unknown_codes: Literal["refuse", "selfpay"] = "refuse"
     categories: list[str] = msgspec.field(default_factory=lambda: list(STANDARD_CATEGORIES))  # at most 8: bit i of a visit's category mask
@@ -248,6 +254,20 @@ class Pack(_S, kw_only=True):
     med_types: list[MedType]
     disease_groups: list[DiseaseGroup] = []
     schemes: list[Scheme]
+
+    def __post_init__(self):
+        if not self.regions:
+            self.regions = [self.region]
+
+
+def once_a_year_bits(pack: Pack) -> dict[str, int]:
+    """Group code -> its bit in the once-a-year accumulator (A_DED_ONCE), for every group some
+    disease rule marks deductible_once_a_year: bit k is the k-th such group in disease_groups order
+    (so a group added later goes after them, or last years' ledger bits change meaning)."""
+    marked = {g for s in pack.schemes for v in s.versions for rule in v.diseases
+              if rule.deductible_once_a_year for g in rule.groups}
+    ordered = [g.code for g in pack.disease_groups if g.code in marked]
+    return {code: 1 << k for k, code in enumerate(ordered)}
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -440,6 +460,12 @@ def validate(pack: Pack, source="<pack>") -> None:
         fail("$.med_types", "a pack needs at least one med type")
     if not pack.schemes:
         fail("$.schemes", "a pack needs at least one scheme")
+    for path, code in [("$.region", pack.region)] + [(f"$.regions[{i}]", c) for i, c in enumerate(pack.regions)]:
+        if not ADMDVS.match(code):
+            fail(path, f"a region is a 6-digit administrative division code like \"530300\", got {code!r}")
+    unique(pack.regions, "$.regions", "region")
+    if pack.region not in pack.regions:
+        fail("$.regions", f"must include the pack's region {pack.region!r}, got {pack.regions!r}")
     unique(levels, "$.levels", "level code")
     unique(med_types, "$.med_types", "med type code")
     unique(groups, "$.disease_groups", "disease group code")
@@ -458,15 +484,21 @@ def validate(pack: Pack, source="<pack>") -> None:
         path = f"$.disease_groups[{gi}]"
         if not g.icd10:
             fail(f"{path}.icd10", f"group {g.code!r} lists no ICD-10 prefix")
-        for pi, prefix in enumerate(g.icd10):
-            if not prefix or prefix != prefix.strip() or " " in prefix:
-                fail(f"{path}.icd10[{pi}]", f"an ICD-10 prefix like \"C34\", got {prefix!r}")
+        for field in ("icd10", "secondary"):
+            for pi, prefix in enumerate(getattr(g, field)):
+                if not prefix or prefix != prefix.strip() or " " in prefix or "," in prefix:
+                    fail(f"{path}.{field}[{pi}]", f"an ICD-10 prefix like \"C34\", got {prefix!r}")
         for field in ("min_age", "max_age"):
             age = getattr(g, field)
             if age is not None and not 0 <= age <= 150:
                 fail(f"{path}.{field}", f"an age in whole years 0..150, got {age}")
         if g.min_age is not None and g.max_age is not None and g.min_age > g.max_age:
             fail(f"{path}.max_age", f"max_age {g.max_age} is below min_age {g.min_age}")
+
+    once = once_a_year_bits(pack)
+    if len(once) > MAX_ONCE_A_YEAR_GROUPS:
+        fail("$.disease_groups", f"at most {MAX_ONCE_A_YEAR_GROUPS} groups may have a once-a-year "
+             f"deductible (bits of an accumulator), got {len(once)}")
 
     for si, scheme in enumerate(pack.schemes):
         spath = f"$.schemes[{si}]"

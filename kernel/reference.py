@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from .errors import InputError
 from .layout import ACC_COLS, DENY, FLAGS, OUT_COLS
-from .policy import Band, DiseaseGroup, Pack, Scheme, Version
+from .policy import Band, DiseaseGroup, Pack, Scheme, Version, once_a_year_bits
 
 __all__ = ["CatalogueEntry", "Accumulators", "itemize", "select_version", "governing_date",
            "age_years", "disease_group", "settle_visit", "settle_many", "settle_batch", "BatchResult",
@@ -39,9 +39,10 @@ class CatalogueEntry(NamedTuple):
 @dataclasses.dataclass
 class Accumulators:
     """Year-to-date totals of one (person, scheme, calendar year of the governing date) (section 5)."""
-    ded_paid: int = 0        # deductible paid
+    ded_paid_inp: int = 0    # deductible paid, inpatient pool
+    ded_paid_out: int = 0    # deductible paid, outpatient pool
     admissions: int = 0      # admissions counted
-    ded_once: int = 0        # admissions in a once-a-year-deductible disease group
+    ded_once: int = 0        # bitmask of once-a-year-deductible groups admitted (policy.once_a_year_bits)
     hifp_inp: int = 0        # basic fund paid, inpatient pool
     hifp_out: int = 0        # basic fund paid, outpatient pool (门诊统筹)
     elig_inp: int = 0        # eligible amount (in scope after deductible), inpatient pool
@@ -227,13 +228,17 @@ def age_years(brdy: datetime.date | None, day: datetime.date) -> int | None:
 
 
 def disease_group(pack: Pack, dise_codg: str | None, age_years: int | None) -> DiseaseGroup | None:
-    """The group with the longest ICD-10 prefix matching the main diagnosis whose age conditions
-    hold (inclusive bounds; no age = conditions fail); ties go to the group listed first."""
+    """The group with the longest ICD-10 prefix matching the main diagnosis (the first code of
+    dise_codg; secondary diagnoses follow after commas) among the groups whose age conditions hold
+    (inclusive bounds; no age = conditions fail) and whose required secondary diagnosis, if any,
+    is among the visit's; ties go to the group listed first."""
     if not dise_codg:
         return None
-    code = dise_codg.strip().upper()
+    code, *secondary = [c.strip() for c in dise_codg.upper().split(",")]
     best, best_len = None, -1
     for group in pack.disease_groups:
+        if group.secondary and not any(s.startswith(p.upper()) for s in secondary for p in group.secondary):
+            continue
         if group.min_age is not None or group.max_age is not None:
             if age_years is None:
                 continue
@@ -335,9 +340,14 @@ def _context(pack: Pack, visit: dict) -> tuple[_Ctx, datetime.date]:
                          mdtrt_id=mdtrt_id)
     bed_days = visit.get("ipt_days") or 0
     _money(bed_days, "ipt_days", mdtrt_id=mdtrt_id, rule="days must be >= 0")
-    insu = visit.get("insu_admdvs") or pack.region
-    treated = visit.get("mdtrt_admdvs") or insu
-    out_area = 0 if treated == insu else (1 if visit.get("out_filing_flag") else 2)
+    # the insured region must be the pack's (unknown region, section 9); treatment may be anywhere
+    insured = visit.get("insu_admdvs")
+    if insured is not None and insured not in pack.regions:
+        raise InputError("insu_admdvs", f"unknown region of pack {pack.name}", insured, mdtrt_id=mdtrt_id)
+    treated = visit.get("mdtrt_admdvs")
+    if treated is not None and not (len(treated) == 6 and treated.isascii() and treated.isdigit()):
+        raise InputError("mdtrt_admdvs", "unknown region: not a 6-digit code", treated, mdtrt_id=mdtrt_id)
+    out_area = 0 if treated is None or treated in pack.regions else (1 if visit.get("out_filing_flag") else 2)
     group = disease_group(pack, visit.get("dise_codg"), age_years(visit.get("brdy"), day))
     disease = _disease_terms(version, group, med_type.code)
     rule = version.med_types.get(med_type.code)
@@ -380,6 +390,18 @@ def _hifp_used(acc: Accumulators, pool: str) -> int:
 
 def _elig_used(acc: Accumulators, pool: str) -> int:
     return acc.elig_inp if pool == "inpatient" else acc.elig_out
+
+
+def _ded_paid(acc: Accumulators, pool: str) -> int:
+    """Deductible paid this year in the pool: an annual deductible of one pool ignores the other's."""
+    return acc.ded_paid_inp if pool == "inpatient" else acc.ded_paid_out
+
+
+def _once_bit(ctx: _Ctx) -> int:
+    """The visit's group's bit in Accumulators.ded_once when its rule says one deductible a year, else 0."""
+    if ctx.disease is None or not ctx.disease.deductible_once_a_year:
+        return 0
+    return once_a_year_bits(ctx.pack)[ctx.group.code]
 
 
 def _layer_eligible(ctx: _Ctx, layer) -> bool:
@@ -477,7 +499,7 @@ class _Ratio:
             r, fl = self.override, FLAG_BIT["F_OVERRIDE"]
         else:
             r, fl = x + self.delta, 0
-            if self.floor > r:
+            if self.floor > 0 and self.floor > r:
                 r, fl = self.floor, FLAG_BIT["F_FLOOR"]
         return min(10000, max(0, r)), fl
 
@@ -578,10 +600,10 @@ def _deductible(ctx: _Ctx, I: int, E: int, acc: Accumulators):
     if waived:
         ded_full, flags = 0, FLAG_BIT["F_DED_WAIVED"]
         how = f"waived for category {', '.join(waived)}"
-    elif ctx.disease is not None and ctx.disease.deductible_once_a_year and acc.ded_once > 0:
+    elif acc.ded_once & _once_bit(ctx):
         ded_full, flags = 0, FLAG_BIT["F_DED_ONCE"]
-        how = (f"disease group {ctx.group.code} pays one deductible a year, "
-               f"already paid ({acc.ded_once} such admission(s) this year)")
+        how = (f"disease group {ctx.group.code} pays one deductible a year, already paid at an "
+               f"earlier admission this year")
     elif d.kind == "per_admission":
         n = acc.admissions + 1 if ctx.med_type.admission else 1
         k = min(n, 3)
@@ -593,9 +615,10 @@ def _deductible(ctx: _Ctx, I: int, E: int, acc: Accumulators):
         nth = f"per admission (admission {n} of the year)" if ctx.med_type.admission else "per visit"
         how = f"{nth}: {_yuan(amount)} x {_pct(share)} = {_yuan(ded_full)}"
     else:
-        ded_full = max(0, amount - acc.ded_paid)
-        how = (f"annual {_yuan(amount)}, {_yuan(acc.ded_paid)} paid earlier this year, "
-               f"{_yuan(ded_full)} left")
+        paid = _ded_paid(acc, ctx.pool)
+        ded_full = max(0, amount - paid)
+        how = (f"annual {_yuan(amount)}, {_yuan(paid)} paid earlier this year in the {ctx.pool} "
+               f"pool, {_yuan(ded_full)} left")
     ded = min(ded_full, I)
     ded_non = min(ded, I - E)
     ded_ess = ded - ded_non
@@ -726,6 +749,7 @@ def _serious_illness(ctx: _Ctx, T: int, S: int, A: int, hifp: int, hifob: int, a
         table = _band_table(layer.bands)
         if layer.trigger == "per_admission":
             if T > thr:
+                flags |= FLAG_BIT["F_MI_TRIGGERED"]
                 start, end = 0, base
                 how = f"total {_yuan(T)} above {_yuan(thr)}: {base_name} {_yuan(base)} on the bands"
             else:
@@ -734,6 +758,7 @@ def _serious_illness(ctx: _Ctx, T: int, S: int, A: int, hifp: int, hifob: int, a
         else:
             before, after = acc.mi_base, acc.mi_base + base
             if after > thr:
+                flags |= FLAG_BIT["F_MI_TRIGGERED"]
                 start, end = max(0, before - thr), after - thr
                 how = (f"{base_name} this year {_yuan(before)} + {_yuan(base)} = {_yuan(after)} above "
                        f"{_yuan(thr)}: [{_yuan(start)}, {_yuan(end)}) above the threshold on the bands")
@@ -742,7 +767,6 @@ def _serious_illness(ctx: _Ctx, T: int, S: int, A: int, hifp: int, hifob: int, a
                 how = (f"{base_name} this year {_yuan(before)} + {_yuan(base)} = {_yuan(after)} not "
                        f"above {_yuan(thr)}: not triggered")
         if end > start:
-            flags |= FLAG_BIT["F_MI_TRIGGERED"]
             pieces = []
             for lo, hi, rate, part in _band_rows(table, start, end):
                 raw += part * rate
@@ -828,7 +852,7 @@ def _account(ctx: _Ctx, psn_part: int, balance: int):
     """Step 11: the personal account 个人账户 pays the patient's share up to the balance."""
     if ctx.scheme.personal_account and ctx.acct_used:
         acct = min(psn_part, balance)
-        return acct, FLAG_BIT["F_ACCT"], (
+        return acct, FLAG_BIT["F_ACCT"] if acct > 0 else 0, (
             f"Step 11 personal account: patient's share {_yuan(psn_part)}, balance "
             f"{_yuan(balance)}: account pays {_yuan(acct)}, cash {_yuan(psn_part - acct)}, balance "
             f"after {_yuan(balance - acct)}")
@@ -849,7 +873,7 @@ def _chain(ctx: _Ctx, items: dict[str, int], acc: Accumulators, balance: int, mo
     out.update(medfee_sumamt=T, fulamt_ownpay_amt=F, overlmt_selfpay=O, preselfpay_amt=P,
                inscp_scp_amt=I)
     out.update(_limits(ctx, acc))
-    flags = FLAG_BIT["F_OUT_AREA"] if ctx.out_area else 0
+    flags = 0
     new_acc = acc.copy()
 
     status, reason, next_step, words = _exclusion(ctx, mode)
@@ -888,14 +912,14 @@ def _chain(ctx: _Ctx, items: dict[str, int], acc: Accumulators, balance: int, mo
     if capped:
         flags |= FLAG_BIT["F_HIFP_CAPPED"]
     trace.append(f"Step 5 basic fund ({ctx.label}): {basic_words}; {cap_words}")
-    new_acc.ded_paid += ded
     if ctx.med_type.admission:
         new_acc.admissions += 1
-        if ctx.disease is not None and ctx.disease.deductible_once_a_year:
-            new_acc.ded_once += 1
+        new_acc.ded_once |= _once_bit(ctx)
     if pool == "inpatient":
+        new_acc.ded_paid_inp += ded
         new_acc.elig_inp += elig
     else:
+        new_acc.ded_paid_out += ded
         new_acc.elig_out += elig
 
     hifob, fl, words = _large_amount(ctx, elig, r, capped, cap_left, acc)

@@ -19,8 +19,7 @@ ctypedef struct Visit:
     int64_t referral            # 1 if referred (转诊)
     int64_t bed_days            # bed days, for the per-bed-day quota (按床日)
     int64_t acct_used           # 1 if the patient asked to pay from the personal account
-    int64_t hifp_col            # A_HIFP_INP or A_HIFP_OUT, by R_POOL
-    int64_t elig_col            # A_ELIG_INP or A_ELIG_OUT, by R_POOL
+    int64_t pool                # R_POOL (0 inpatient, 1 outpatient): the pool's column is A_*_INP + pool
 
 
 # The running amounts of one visit (fen; ratios bp), written to the out columns in one pass at the end.
@@ -64,11 +63,12 @@ ctypedef struct Settlement:
 # f(x) of step 5: a base rate with the visit's adjustments, floor or override, clamped to [0, 10000].
 cdef int64_t adjusted_ratio(const Visit* v, const Settlement* s, int64_t rate) noexcept nogil
 
-# adjusted_ratio for the reported ratio: sets F_FLOOR / F_OVERRIDE when they decide it; 0 if denied.
+# adjusted_ratio of a rate the visit pays at: sets F_FLOOR / F_OVERRIDE when they decide it; 0 if denied.
 cdef int64_t applied_ratio(const Visit* v, Settlement* s, int64_t rate) noexcept nogil
 
-# Sum over the bands of overlap([lo, hi), band) * rate in fen*bp; rates through f(x) when adjust.
-cdef int64_t banded_amount(const Visit* v, const Settlement* s, const int64_t* band, int64_t lo,
+# Sum over the bands of overlap([lo, hi), band) * rate in fen*bp; when adjust, rates through f(x) and
+# F_FLOOR set if the floor decided the rate of a band paid at.
+cdef int64_t banded_amount(const Visit* v, Settlement* s, const int64_t* band, int64_t lo,
                            int64_t hi, bint adjust) noexcept nogil
 
 # The rate of the band containing the amount at.

@@ -68,15 +68,16 @@ cdef inline int64_t applied_ratio(const Visit* v, Settlement* s, int64_t rate) n
         return 0
     if v.dis[D_OVERRIDE] > 0:
         s.flags |= 1 << F_OVERRIDE
-    elif v.dis[D_FLOOR] > rate + s.delta:
+    elif v.dis[D_FLOOR] > 0 and v.dis[D_FLOOR] > rate + s.delta:
         s.flags |= 1 << F_FLOOR
     return adjusted_ratio(v, s, rate)
 
 
-cdef inline int64_t banded_amount(const Visit* v, const Settlement* s, const int64_t* band, int64_t lo,
+cdef inline int64_t banded_amount(const Visit* v, Settlement* s, const int64_t* band, int64_t lo,
                                   int64_t hi, bint adjust) noexcept nogil:
     # unused bands have lower edge BAND_UNUSED (2**62): they overlap nothing and end the band before them
-    cdef int64_t total = 0, k, edge, upper, overlap, rate
+    cdef int64_t total = 0, k, edge, upper, overlap, rate, floor = v.dis[D_FLOOR], delta = s.delta
+    cdef bint floored = False
     for k in range(BAND_MAX):
         edge = band[2 * k]
         if edge >= hi:
@@ -85,7 +86,12 @@ cdef inline int64_t banded_amount(const Visit* v, const Settlement* s, const int
         overlap = min64(hi, upper) - max64(lo, edge)
         if overlap > 0:
             rate = band[2 * k + 1]
-            total += overlap * (adjusted_ratio(v, s, rate) if adjust else rate)
+            if adjust:
+                floored |= floor > 0 and floor > rate + delta
+                rate = adjusted_ratio(v, s, rate)
+            total += overlap * rate
+    if floored and v.dis[D_OVERRIDE] <= 0:
+        s.flags |= 1 << F_FLOOR                  # as applied_ratio would, for any band paid at (one store)
     return total
 
 
@@ -110,7 +116,7 @@ cdef inline int64_t reported(int64_t left, bint on) noexcept nogil:
 
 cdef inline void limits(const Visit* v, Settlement* s) noexcept nogil:
     cdef const int64_t* R = v.rule
-    s.cap_left = cap_left(R[R_CAP], v.acc[v.hifp_col])
+    s.cap_left = cap_left(R[R_CAP], v.acc[A_HIFP_INP + v.pool])
     s.hifp_lmt = reported(s.cap_left, True)
     s.hifob_lmt = reported(cap_left(R[R_OB_CAP], v.acc[A_HIFOB]), R[R_OB_RATIO] > 0)
     s.hifmi_lmt = reported(cap_left(R[R_MI_CAP], v.acc[A_HIFMI]), R[R_MI_FORM] > 0)
@@ -151,7 +157,7 @@ cdef inline int64_t pool_ratio(const Visit* v, Settlement* s) noexcept nogil:
     cdef int64_t bandset = v.rule[R_BANDSET], start
     if bandset < 0:
         return applied_ratio(v, s, v.rule[R_BASE_RATIO])
-    start = v.acc[v.elig_col] if v.rule[R_BAND_ORIGIN] != 0 else 0
+    start = v.acc[A_ELIG_INP + v.pool] if v.rule[R_BAND_ORIGIN] != 0 else 0
     return applied_ratio(v, s, band_rate_at(v.bands + bandset * (2 * BAND_MAX), start))
 
 
@@ -180,7 +186,8 @@ cdef inline void deductible(const Visit* v, Settlement* s) noexcept nogil:
     if (v.cats & R[R_DED_WAIVED_CATS]) != 0:
         ded_full = 0
         s.flags |= 1 << F_DED_WAIVED
-    elif v.dis[D_DED_ONCE_A_YEAR] != 0 and v.acc[A_DED_ONCE] > 0:
+    elif (v.dis[D_DED_ONCE_A_YEAR] & v.acc[A_DED_ONCE]) != 0:
+        # this group's once-a-year deductible was paid at an earlier admission this year
         ded_full = 0
         s.flags |= 1 << F_DED_ONCE
     elif R[R_DED_KIND] == 0:
@@ -191,7 +198,8 @@ cdef inline void deductible(const Visit* v, Settlement* s) noexcept nogil:
         if nth < 10000:
             s.flags |= 1 << F_DED_NTH
     else:
-        ded_full = max64(0, R[R_DED_AMOUNT] - v.acc[A_DED_PAID])
+        # annual: what is left of the amount after this pool's deductibles earlier in the year
+        ded_full = max64(0, R[R_DED_AMOUNT] - v.acc[A_DED_PAID_INP + v.pool])
     ded = min64(ded_full, s.inscp)
     ded_non = min64(ded, s.inscp - s.inscp_ess)
     ded_ess = ded - ded_non
@@ -208,17 +216,19 @@ cdef inline void basic_fund(const Visit* v, Settlement* s) noexcept nogil:
     if bandset < 0:
         r = applied_ratio(v, s, R[R_BASE_RATIO])
         uplift = R[R_ESS_UPLIFT]
-        raw = s.elig_non * r + s.elig_ess * min64(10000, r + uplift)
+        raw = s.elig_non * r + s.elig_ess * min64(10000, max64(0, r + uplift))
         if s.denied:
             raw = 0
-        elif s.elig_ess > 0 and uplift > 0:
+        elif s.elig_ess > 0 and uplift != 0:
             s.flags |= 1 << F_ESS_UPLIFT
     else:
-        s.flags |= 1 << F_BANDED
-        start = v.acc[v.elig_col] if R[R_BAND_ORIGIN] != 0 else 0
+        start = v.acc[A_ELIG_INP + v.pool] if R[R_BAND_ORIGIN] != 0 else 0
         band = v.bands + bandset * (2 * BAND_MAX)
         r = applied_ratio(v, s, band_rate_at(band, start))
-        raw = 0 if s.denied else banded_amount(v, s, band, start, start + s.elig, True)
+        raw = 0
+        if not s.denied:
+            s.flags |= 1 << F_BANDED
+            raw = banded_amount(v, s, band, start, start + s.elig, True)
     s.ratio = r
     basic_cap(s, raw)
 
@@ -340,17 +350,22 @@ cdef inline void account(const Visit* v, Settlement* s, int64_t* balance) noexce
 
 
 cdef inline void commit(const Visit* v, const Settlement* s, int64_t* acc) noexcept nogil:
+    # every value read before the first store: a store through acc may alias any int64 (no strict aliasing)
     cdef int64_t admission = v.rule[R_COUNTS_ADMISSION] != 0
-    acc[A_DED_PAID] += s.ded
+    cdef int64_t once = v.dis[D_DED_ONCE_A_YEAR] & -admission
+    cdef int64_t* pool = acc + v.pool
+    cdef int64_t ded = s.ded, hifp = s.hifp, elig = s.elig, hifob = s.hifob, mi_base = s.mi_base
+    cdef int64_t hifmi = s.hifmi, cvl = s.cvl, maf = s.maf
+    pool[A_DED_PAID_INP] += ded
+    pool[A_HIFP_INP] += hifp
+    pool[A_ELIG_INP] += elig
     acc[A_ADMISSIONS] += admission
-    acc[A_DED_ONCE] += admission & (v.dis[D_DED_ONCE_A_YEAR] != 0)
-    acc[v.hifp_col] += s.hifp
-    acc[v.elig_col] += s.elig
-    acc[A_HIFOB] += s.hifob
-    acc[A_MI_BASE] += s.mi_base
-    acc[A_HIFMI] += s.hifmi
-    acc[A_CVL] += s.cvl
-    acc[A_MAF] += s.maf
+    acc[A_DED_ONCE] |= once
+    acc[A_HIFOB] += hifob
+    acc[A_MI_BASE] += mi_base
+    acc[A_HIFMI] += hifmi
+    acc[A_CVL] += cvl
+    acc[A_MAF] += maf
 
 
 cdef inline void settle_visit(const Visit* v, Settlement* s, int64_t* acc, int64_t* balance,
@@ -500,7 +515,7 @@ def settle(const int64_t[:, ::1] rules, const int64_t[:, ::1] diseases, const in
     cdef int64_t groups = n_groups
     cdef int64_t* acc_row
     cdef const int64_t* ahead
-    cdef int64_t r, pool
+    cdef int64_t r
     cdef Py_ssize_t i, i0, j, count
     cdef Visit v
     cdef Settlement s
@@ -516,9 +531,11 @@ def settle(const int64_t[:, ::1] rules, const int64_t[:, ::1] diseases, const in
                 i = i0 + j
                 if i + PREFETCH_AHEAD < n:
                     # in settlement-time order each visit reaches a random accumulator row: start
-                    # loading the row (and balance) of a later visit now, so DRAM latency overlaps work
+                    # loading the row (and balance) of a later visit now, so DRAM latency overlaps work;
+                    # a row of N_ACC * 8 > 64 bytes may touch three cache lines: its first, +64, last
                     ahead = acc_p + <Py_ssize_t>acc_slot_p[i + PREFETCH_AHEAD] * N_ACC
                     prefetch(ahead)
+                    prefetch(ahead + 8)
                     prefetch(ahead + N_ACC - 1)
                     prefetch(balance_p + psn_slot_p[i + PREFETCH_AHEAD])
                 r = rule_p[i]
@@ -532,9 +549,7 @@ def settle(const int64_t[:, ::1] rules, const int64_t[:, ::1] diseases, const in
                 v.referral = referral_p[i]
                 v.bed_days = bed_days_p[i]
                 v.acct_used = acct_used_p[i]
-                pool = v.rule[R_POOL] != 0
-                v.hifp_col = A_HIFP_OUT if pool else A_HIFP_INP
-                v.elig_col = A_ELIG_OUT if pool else A_ELIG_INP
+                v.pool = v.rule[R_POOL] != 0
                 s.medfee = item_p[I_MEDFEE * n + i]
                 s.fulamt = item_p[I_FULAMT * n + i]
                 s.overlmt = item_p[I_OVERLMT * n + i]

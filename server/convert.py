@@ -25,7 +25,7 @@ _OPTIONAL_INTS = {f.name for f in pb.Visit.DESCRIPTOR.fields if f.has_presence
                   and f.type in (f.TYPE_INT64, f.TYPE_INT32)}
 _LINE_REQUIRED_STR = [name for name, typ, required, _ in LINE_FIELDS
                       if required and typ == pa.string() and name != "mdtrt_id"]
-ACC_WIRE = [name[2:].lower() for name in ACC_COLS]     # A_DED_PAID -> ded_paid
+ACC_WIRE = [name[2:].lower() for name in ACC_COLS]     # A_DED_PAID_INP -> ded_paid_inp
 
 
 

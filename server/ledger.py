@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from kernel.layout import ACC_COLS
 
-# ACC_COLS "A_DED_PAID" -> journal delta column "d_ded_paid" and accumulator column "ded_paid"
+# ACC_COLS "A_DED_PAID_INP" -> journal delta column "d_ded_paid_inp" and accumulator column "ded_paid_inp"
 ACC_NAMES = [name[2:].lower() for name in ACC_COLS]
 
 

@@ -43,8 +43,7 @@ DEFAULT_MIX = "settle=70,presettle=15,reverse=5,query=10"
 # status codes after which a Settle may or may not have been committed: looked up afterwards
 AMBIGUOUS = {"DEADLINE_EXCEEDED", "UNAVAILABLE", "CANCELLED", "UNKNOWN", "INTERNAL", "RESOURCE_EXHAUSTED"}
 # accumulator (wire name) <- settlement amount it sums
-ACC_FROM_PAY = {"ded_paid": "act_pay_dedc", "hifob": "hifob_pay", "hifmi": "hifmi_pay",
-                "cvl": "cvlserv_pay", "maf": "maf_pay"}
+ACC_FROM_PAY = {"hifob": "hifob_pay", "hifmi": "hifmi_pay", "cvl": "cvlserv_pay", "maf": "maf_pay"}
 HIST_MAX_US = 120_000_000       # the histogram's range: 1 us .. 120 s
 
 
@@ -455,11 +454,12 @@ class LoadRun:
             for acc, pay in ACC_FROM_PAY.items():
                 row[acc] += a.amounts[pay]
             row["hifp_inp" if a.pool == "inpatient" else "hifp_out"] += a.amounts["hifp_pay"]
+            row["ded_paid_inp" if a.pool == "inpatient" else "ded_paid_out"] += a.amounts["act_pay_dedc"]
             if a.status == "OK" and a.admission:
                 row["admissions"] += 1
             balance.setdefault(a.psn_no, Counter())["acct_pay"] += a.amounts["acct_pay"]
         persons = sorted({k[0] for k in expected})
-        fields = list(ACC_FROM_PAY) + ["hifp_inp", "hifp_out", "admissions"]
+        fields = list(ACC_FROM_PAY) + ["hifp_inp", "hifp_out", "ded_paid_inp", "ded_paid_out", "admissions"]
         mismatches = []
         window = asyncio.Semaphore(32)
 

@@ -9,14 +9,24 @@ import random
 LEVELS = ["1", "2", "3"]
 CATEGORIES = ["retired", "civil_servant", "low_income", "five_guarantee", "veteran", "severe_disability"]
 EXCLUDABLE = ["traffic", "fight", "drunkenness", "self_harm", "crime", "work_injury", "maternity", "cosmetic"]
-GROUPS = [("lung_cancer", ["C34"], None, None), ("uremia", ["N18.5", "N18.6", "N19"], None, None),
-          ("child_leukaemia", ["C91", "C92", "C93", "C94", "C95"], None, 17),
-          ("cml", ["C92.1"], None, None), ("appendicitis", ["K35"], None, None),
-          ("schizophrenia", ["F20"], None, None), ("ami", ["I21"], None, None)]
+# (code, ICD-10 prefixes, min_age, max_age, required secondary diagnosis): age conditions with a
+# fallback group of a shorter prefix (C92.1 -> cml at any age; I63 at 65+ -> stroke_elderly, younger
+# -> stroke), an age range, and a group that needs a secondary diagnosis (drug-resistant TB)
+GROUPS = [("lung_cancer", ["C34"], None, None, []), ("uremia", ["N18.5", "N18.6", "N19"], None, None, []),
+          ("child_leukaemia", ["C91", "C92", "C93", "C94", "C95"], None, 17, []),
+          ("cml", ["C92.1"], None, None, []), ("appendicitis", ["K35"], None, None, []),
+          ("schizophrenia", ["F20"], None, None, []), ("ami", ["I21"], None, None, []),
+          ("stroke", ["I6"], None, None, []), ("stroke_elderly", ["I63"], 65, None, []),
+          ("young_asthma", ["J45"], 10, 30, []), ("mdr_tb", ["A15", "A16"], None, None, ["U84.3", "Z16"])]
 
 
 def _yuan(r, lo, hi):
     return str(r.randint(lo, hi))
+
+
+def _cap(r, small, large):
+    """An annual cap in yuan: mostly small enough that a person's visits in a year reach it."""
+    return _yuan(r, *(small if r.random() < 0.7 else large))
 
 
 def _pct(r, lo, hi):
@@ -64,10 +74,10 @@ def _version_body(r, on):
     for pool in ("inpatient", "outpatient"):
         if on("basic_cap"):
             if r.random() < 0.5:
-                pools[pool] = {"cap": _yuan(r, 100, 80_000)}
+                pools[pool] = {"cap": _cap(r, (100, 5_000), (5_000, 80_000))}
             else:
                 pools[pool] = {"cap_formula": {"multiplier": r.randint(1, 6), "benchmark": _yuan(r, 100, 9000),
-                                               "floor": _yuan(r, 0, 50_000)}}
+                                               "floor": _cap(r, (0, 5_000), (5_000, 50_000))}}
     body["pools"] = pools
     adj = {}
     if on("category_deltas"):
@@ -84,6 +94,8 @@ def _version_body(r, on):
         for code, *_ in r.sample(GROUPS, r.randint(1, len(GROUPS))):
             rule = {"groups": [code]}
             kind = r.choice(["floor", "override", "once", "quota", "bedday"])
+            if kind in ("floor", "override") and r.random() < 0.8:
+                rule["deductible_once_a_year"] = True          # and one deductible a year (psychiatric rule)
             if kind == "floor":
                 rule["floor"] = _pct(r, 50, 95)
             elif kind == "override":
@@ -103,7 +115,7 @@ def _version_body(r, on):
     if on("large_amount"):
         body["large_amount"] = {"ratio": _pct(r, 50, 95), "med_types": ["21", "14"]}
         if r.random() < 0.7:
-            body["large_amount"]["cap"] = _yuan(r, 1000, 200_000)
+            body["large_amount"]["cap"] = _cap(r, (10, 3_000), (3_000, 200_000))
     if on("serious_illness"):
         if r.random() < 0.6:
             mi = {"form": "bands", "trigger": r.choice(["per_admission", "annual"]),
@@ -116,19 +128,20 @@ def _version_body(r, on):
                   # one ratio for the listed categories (the assistance-recipient ratio of the sources)
                   "category_ratio": dict.fromkeys(r.sample(CATEGORIES, r.randint(0, 2)), _pct(r, 60, 100))}
         if r.random() < 0.7:
-            mi["cap"] = _yuan(r, 1000, 250_000)
+            mi["cap"] = _cap(r, (10, 3_000), (3_000, 250_000))
         if r.random() < 0.5:
             mi["med_types"] = ["21"]
         body["serious_illness"] = mi
     if on("civil_servant"):
-        body["civil_servant"] = {"ratio": _pct(r, 10, 90)}
-        if r.random() < 0.5:
-            body["civil_servant"]["cap"] = _yuan(r, 100, 50_000)
+        # the retired as well as civil servants, so that enough persons of a scheme are eligible
+        body["civil_servant"] = {"ratio": _pct(r, 10, 90), "categories": r.sample(CATEGORIES, r.randint(1, 3))}
+        if r.random() < 0.7:
+            body["civil_servant"]["cap"] = _cap(r, (10, 500), (500, 50_000))
     if on("assistance"):
         body["assistance"] = {"categories": r.sample(CATEGORIES, r.randint(1, 3)), "ratio": _pct(r, 30, 90),
-                              "deductible": _yuan(r, 0, 500)}
+                              "deductible": _yuan(r, 0, r.choice([50, 500]))}
         if r.random() < 0.6:
-            body["assistance"]["cap"] = _yuan(r, 100, 30_000)
+            body["assistance"]["cap"] = _cap(r, (10, 300), (300, 30_000))
     if on("guaranteed_minimum"):
         body["guaranteed_minimum"] = {"ratio": _pct(r, 10, 60), "med_types": ["21"]}
     return body
@@ -162,5 +175,26 @@ def random_pack_raw(seed: int, layers=None, year=2013) -> dict:
                           {"code": "14", "name": "special outpatient", "pool": "inpatient"},
                           {"code": "21", "name": "inpatient", "pool": "inpatient", "admission": True}],
             "disease_groups": [{"code": c, "name": c, "icd10": p, **({"min_age": lo} if lo else {}),
-                                **({"max_age": hi} if hi else {})} for c, p, lo, hi in GROUPS],
+                                **({"max_age": hi} if hi else {}), **({"secondary": sec} if sec else {})}
+                               for c, p, lo, hi, sec in GROUPS],
             "schemes": schemes}
+
+
+def chronic_patients(visits, pack, share: float, seed: int):
+    """The visits with `share` of the persons given one disease-group diagnosis on every visit (a
+    chronic patient admitted again and again for the same illness), so that once-a-year
+    deductibles and annual caps are reached often; the other persons' diagnoses are kept."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rng = np.random.default_rng(seed)
+    codes = [p + ("00" if "." in p else ".900") + suffix for g in pack.disease_groups for p in g.icd10
+             for suffix in ([""] + [f",{m}" for m in g.secondary] if g.secondary else [""])]
+    persons = pc.unique(visits.column("psn_no"))
+    chronic = rng.random(len(persons)) < share
+    assigned = pa.array(np.array(codes, dtype=object)[rng.integers(0, len(codes), len(persons))],
+                        pa.string()).filter(pa.array(chronic))
+    index = pc.index_in(visits.column("psn_no"), value_set=persons.filter(pa.array(chronic)))
+    diagnosis = pc.if_else(pc.is_valid(index), pc.take(assigned, index), visits.column("dise_codg"))
+    return visits.set_column(visits.schema.get_field_index("dise_codg"), "dise_codg", diagnosis)

@@ -105,6 +105,107 @@ def test_unknown_codes(settler, code, field, value):
     refuse(settler, [good_visit(**{field: value})], good_lines(code=code), field, "unknown", value=value, row=1)
 
 
+def refuse_one(settler, visit, lines, field, words, value=None, line=None, row=None):
+    """The same refusal on the real-time path (settle_one, as the server calls it)."""
+    with pytest.raises(InputError) as e:
+        settler.settle_one(visit, lines)
+    err = e.value
+    assert (err.field, err.line, err.row) == (field, line, row) and words in str(err)
+    if value is not None:
+        assert err.value == value
+    return err
+
+
+def test_unknown_insured_region(settler, code):
+    """SETTLEMENT.md section 9, unknown region: a person insured outside the pack's pooling region."""
+    bad = good_visit("V2", insu_admdvs="ZZZ", mdtrt_admdvs="QQQ")
+    first = good_visit(insu_admdvs="530300", mdtrt_admdvs=None)     # from_pylist takes row 1's columns
+    err = refuse(settler, [first, bad], good_lines(code=code) + good_lines("V2", code=code),
+                 "insu_admdvs", "unknown region", value="ZZZ", row=2)
+    assert "530300" in str(err) and "530382" in str(err)         # the pack's codes are listed
+    refuse_one(settler, bad, good_lines("V2", code=code), "insu_admdvs", "unknown region", value="ZZZ", row=1)
+    # a code of another prefecture is as unknown as a malformed one
+    refuse(settler, [good_visit(insu_admdvs="110000")], good_lines(code=code), "insu_admdvs",
+           "unknown region", value="110000", row=1)
+
+
+def test_treatment_region_must_be_a_region_code(settler, code):
+    """Treatment may be anywhere (out of area is legal), but "QQQ" is no region at all."""
+    bad = good_visit(mdtrt_admdvs="QQQ")
+    refuse(settler, [bad], good_lines(code=code), "mdtrt_admdvs", "6-digit", value="QQQ", row=1)
+    refuse_one(settler, bad, good_lines(code=code), "mdtrt_admdvs", "6-digit", value="QQQ", row=1)
+
+
+def test_regions_of_the_pooling_region_are_local(settler, code):
+    """A county of the prefecture is in the pooling region: treatment there is not out of area;
+    treatment in another prefecture is (the rural pack has no out-of-area adjustment, only the flag)."""
+    from kernel.layout import FLAGS
+    out_area = 1 << FLAGS.index("F_OUT_AREA")
+    visits = [good_visit("V1", insu_admdvs="530302", mdtrt_admdvs="530321"),
+              good_visit("V2", psn_no="P2", insu_admdvs="530302", mdtrt_admdvs="530100"),
+              good_visit("V3", psn_no="P3", mdtrt_admdvs="530300")]
+    lines = good_lines("V1", code) + good_lines("V2", code) + good_lines("V3", code)
+    rows = settler.settle_table(pa.Table.from_pylist(visits), pa.Table.from_pylist(lines)).table.to_pylist()
+    assert [bool(r["flags"] & out_area) for r in rows] == [False, True, False]
+    assert [bool(settler.settle_one(v, good_lines(v["mdtrt_id"], code)).flags & out_area)
+            for v in visits] == [False, True, False]
+
+
+def test_float_money_column_refused_even_when_whole(settler, code):
+    """pric = 10000.0 is a float column: refused by name, not cast (a float near money is a bug)."""
+    lines = good_lines(code=code)
+    lines[0].update(pric=10000.0, det_item_fee_sumamt=20000.0)
+    lines[1].update(pric=10000.0, det_item_fee_sumamt=10000.0)
+    err = refuse(settler, [good_visit()], lines, "pric", "floating point", value=10000.0, line=1)
+    assert str(err).startswith("lines, line 1: pric: ")
+    refuse_one(settler, good_visit(), lines, "pric", "floating point", value=10000.0, line=1)
+    v = good_visit(fulamt_ownpay_amt=0, overlmt_selfpay=0, preselfpay_amt=0, inscp_scp_amt=30000.0,
+                   medfee_sumamt=None)
+    refuse(settler, [v], None, "inscp_scp_amt", "floating point", value=30000.0, row=1)
+    refuse_one(settler, v, None, "inscp_scp_amt", "floating point", value=30000.0, row=1)
+
+
+def test_type_error_in_a_line_column_names_field_and_line(settler, code):
+    table = pa.Table.from_pylist(good_lines(code=code)).set_column(
+        3, "cnt", pa.array(["2", "two"]))           # a text column; line 2 is no number
+    with pytest.raises(InputError) as e:
+        settler.settle_table(pa.Table.from_pylist([good_visit()]), table)
+    assert (e.value.field, e.value.line, e.value.row, e.value.value) == ("cnt", 2, None, "two")
+    assert str(e.value) == "lines, line 2: cnt: must be int64 (value: 'two')"
+    lines = good_lines(code=code)
+    lines[1]["cnt"] = "two"
+    refuse_one(settler, good_visit(), lines, "cnt", "must be int64", value="two", line=2)
+
+
+@pytest.mark.parametrize("days, words", [(-1, "must not be negative"), (2.5, "floating point")])
+def test_bad_bed_days(settler, code, days, words):
+    bad = good_visit("V2", ipt_days=days)
+    first = good_visit(ipt_days=3)
+    refuse(settler, [first, bad], good_lines(code=code) + good_lines("V2", code=code), "ipt_days", words,
+           value=days if days < 0 else 3.0, row=1 if days > 0 else 2)   # a float column: its first value
+    refuse_one(settler, bad, good_lines("V2", code=code), "ipt_days", words, value=days, row=1)
+
+
+def test_unknown_code_self_paid_when_the_pack_says_so(code):
+    """unknown_codes = "selfpay": the line is settled as class C (fully self-paid), batch and real time.
+    Township (95%, deductible 100): the known line's 200 in scope pays 95% x 100 = 95.00."""
+    from kernel.api import shipped_pack_path as path
+    from kernel.policy import load_pack, pack_from_raw
+    import msgspec
+    raw = msgspec.toml.decode(path("sample_rural").read_bytes())
+    raw["unknown_codes"] = "selfpay"
+    lenient = Settler(pack_from_raw(raw, "selfpay"), Settler.from_files(path("sample_rural")).catalogue)
+    assert load_pack(path("sample_rural")).unknown_codes == "refuse"
+    lines = good_lines(code=code)
+    lines[1]["hilist_code"] = "NO-SUCH-CODE"                    # 1 x 100.00
+    v = good_visit(medins_lv="1")
+    row = lenient.settle_table(pa.Table.from_pylist([v]), pa.Table.from_pylist(lines)).table.to_pylist()[0]
+    one = lenient.settle_one(v, lines).amounts
+    for r in (row, one):
+        assert (r["fulamt_ownpay_amt"], r["inscp_scp_amt"]) == (100 * Y, 200 * Y)
+        assert (r["act_pay_dedc"], r["hifp_pay"], r["psn_part_amt"]) == (100 * Y, 95 * Y, 205 * Y)
+
+
 def test_overflow(settler, code):
     lines = good_lines(code=code)
     lines[0].update(cnt=10**8, pric=10**8, det_item_fee_sumamt=10**16)

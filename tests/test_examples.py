@@ -10,9 +10,21 @@ import pytest
 
 from kernel.api import Settler, shipped_catalogue_path, shipped_pack_path
 from kernel.catalogue import load_catalogue
+from kernel.layout import FLAGS
 from kernel.policy import load_pack, pack_from_raw
 
 Y = 100  # fen per yuan
+FLAG = {name: 1 << i for i, name in enumerate(FLAGS)}
+
+
+def inscope_selfpay(r):
+    """In-scope self-pay after the basic fund and large-amount layers (SETTLEMENT.md section 4 step 7)."""
+    return r["inscp_scp_amt"] - r["hosp_part_amt"] - r["hifp_pay"] - r["hifob_pay"]
+
+
+def rh(x):
+    """Round fen*bp half-up to fen (section 2)."""
+    return (x + 5000) // 10000
 
 
 def visit(mdtrt_id, psn_no="P1", insutype="rural", level="2", med_type="21", end=(2013, 6, 15), cats="",
@@ -72,15 +84,22 @@ def test_example_a_from_line_items_then_b(example_catalogue):
     assert (ra["fulamt_ownpay_amt"], ra["overlmt_selfpay"], ra["preselfpay_amt"], ra["inscp_scp_amt"]) == \
         (5_000 * Y, 500 * Y, 1_000 * Y, 53_500 * Y)
     assert ra["act_pay_dedc"] == 300 * Y
+    assert ra["pool_prop_selfpay"] == 8500
     assert ra["hifp_pay"] == 45_220 * Y
+    assert inscope_selfpay(ra) == 8_280 * Y
     assert ra["hifmi_pay"] == 4_140 * Y
     assert ra["fund_pay_sumamt"] == 49_360 * Y
     assert ra["psn_part_amt"] == 10_640 * Y
     # B: same person, city hospital, I21 floor 70% over 65%, cap left 8,156.00
     assert rb["act_pay_dedc"] == 800 * Y
     assert rb["pool_prop_selfpay"] == 7000
+    # uncapped basic: the ratio applied to the eligible amount, 70% x (80,000 - 800) = 55,440.00,
+    # above the cap left, so the cap decided the payment
+    assert rh((rb["inscp_scp_amt"] - rb["act_pay_dedc"]) * rb["pool_prop_selfpay"]) == 55_440 * Y
+    assert rb["flags"] & FLAG["F_HIFP_CAPPED"] and rb["flags"] & FLAG["F_FLOOR"]
     assert rb["hifp_pay"] == 8_156 * Y
     assert rb["hifp_lmt"] == 8_156 * Y
+    assert inscope_selfpay(rb) == 71_844 * Y
     assert rb["hifmi_pay"] == 40_106_40
     assert rb["psn_part_amt"] == 31_737_60
 
@@ -91,6 +110,10 @@ def test_example_c_cap_then_august(rural):
               visit("C3", psn_no="P3", level="3", end=(2013, 8, 5), diag="C34.901", amounts=20_000 * Y)]
     r = settle(rural, visits)
     assert r["C1"]["hifp_pay"] == 53_376 * Y
+    # the bands' 369,636.80 on the in-scope self-pay 600,000 - 53,376 = 546,624 is above the
+    # 250,000 left: 50% x 30,000 + 60% x 70,000 + 70% x 446,624 = 15,000 + 42,000 + 312,636.80
+    assert inscope_selfpay(r["C1"]) == 546_624 * Y
+    assert r["C1"]["hifmi_lmt"] == 250_000 * Y and r["C1"]["flags"] & FLAG["F_MI_CAPPED"]
     assert r["C1"]["hifmi_pay"] == 250_000 * Y
     assert r["C1"]["psn_part_amt"] == 296_624 * Y
     assert (r["C2"]["hifp_pay"], r["C2"]["hifmi_pay"], r["C2"]["psn_part_amt"]) == (0, 0, 20_000 * Y)
@@ -111,6 +134,7 @@ def test_example_c_resettled_without_cap_owes_129_636_80(rural, tmp_path):
               for k, (end, amount) in enumerate([((2013, 6, 10), 600_000), ((2013, 7, 25), 20_000),
                                                  ((2013, 8, 5), 20_000)], 1)]
     old, new = settle(rural, visits), settle(uncapped, visits)
+    assert new["C1"]["hifmi_pay"] == 369_636_80 and new["C1"]["hifmi_lmt"] == -1   # the bands' figure
     owed = {k: new[k]["fund_pay_sumamt"] - old[k]["fund_pay_sumamt"] for k in old}
     assert owed == {"C1": 119_636_80, "C2": 10_000 * Y, "C3": 0}
     assert sum(owed.values()) == 129_636_80
@@ -150,8 +174,15 @@ def test_example_e_retired_employee_large_amount(city):
                             acct_balc=2_000 * Y, acct_used_flag=True)])["E"]
     assert r["pool_prop_selfpay"] == 9000
     assert r["act_pay_dedc"] == 1_000 * Y
-    assert r["hifp_pay"] == 120_000 * Y
-    assert r["hifob_pay"] == 14_100 * Y
+    assert r["hifp_pay"] == 120_000 * Y and r["hifp_lmt"] == 120_000 * Y
+    assert r["flags"] & FLAG["F_HIFP_CAPPED"] and r["flags"] & FLAG["F_HIFOB"]
+    # covered cost: the cap left over the ratio, round_half_up(120,000 / 90%) = 133,333.33;
+    # overflow: eligible 150,000 - 1,000 = 149,000 less covered = 15,666.67; 90% of it 14,100.00
+    covered = (r["hifp_lmt"] * 10000 + r["pool_prop_selfpay"] // 2) // r["pool_prop_selfpay"]
+    assert covered == 133_333_33
+    overflow = r["inscp_scp_amt"] - r["act_pay_dedc"] - covered
+    assert overflow == 15_666_67
+    assert rh(overflow * 9000) == r["hifob_pay"] == 14_100 * Y
     assert r["psn_part_amt"] == 15_900 * Y
     assert (r["acct_pay"], r["psn_cash_pay"], r["balc"]) == (2_000 * Y, 13_900 * Y, 0)
 

@@ -302,7 +302,7 @@ def test_examples_a_and_b_share_the_accumulator_row(pack):
     assert has(flags, 1, "F_FLOOR") and has(flags, 1, "F_HIFP_CAPPED")
     assert acc[0, K["A_HIFP_INP"]] == RURAL_CAP
     assert acc[0, K["A_ADMISSIONS"]] == 2
-    assert acc[0, K["A_DED_PAID"]] == 1_100 * YUAN
+    assert acc[0, K["A_DED_PAID_INP"]] == 1_100 * YUAN and acc[0, K["A_DED_PAID_OUT"]] == 0
     assert acc[0, K["A_HIFMI"]] == 414_000 + 4_010_640
     assert acc[0, K["A_ELIG_INP"]] == (53_200 + 79_200) * YUAN
     check_identities(out)
@@ -455,7 +455,7 @@ def test_deductible_nth_admission_once_a_year_and_essential_order():
     rules = {"r": rule_row(R_COUNTS_ADMISSION=1, R_DED_AMOUNT=1000, R_DED_NTH_1=10000,
                            R_DED_NTH_2=5000, R_DED_NTH_3=0, R_BASE_RATIO=5000, R_ESS_UPLIFT=1500),
              "annual": rule_row(R_DED_KIND=1, R_DED_AMOUNT=1000, R_BASE_RATIO=5000)}
-    groups = {"psych": {"r": dis_row(D_DED_ONCE_A_YEAR=1)}}
+    groups = {"psych": {"r": dis_row(D_DED_ONCE_A_YEAR=1)}}     # the group's bit: 1
     t = Tables(rules, groups, [])
     out, status, flags, acc, _ = run(t, [dict(rule="r", inscp=3000, ess=2500)] * 4
                                      + [dict(rule="r", group="psych", inscp=3000, acc_slot=1)] * 2
@@ -468,7 +468,7 @@ def test_deductible_nth_admission_once_a_year_and_essential_order():
     assert col(out, "hifp_pay", 0) == 1300 and has(flags, 0, "F_ESS_UPLIFT")
     # visit 1: ded 500 all non-essential: 0 * 50% + 2500 * 65% = 1625
     assert col(out, "hifp_pay", 1) == 1625
-    assert acc[1, K["A_DED_ONCE"]] == 2 and acc[0, K["A_ADMISSIONS"]] == 4
+    assert acc[1, K["A_DED_ONCE"]] == 1 and acc[0, K["A_ADMISSIONS"]] == 4
     check_identities(out)
 
 
@@ -599,7 +599,7 @@ def random_tables(rng, n_rules=12, n_groups=4, n_bandsets=3):
             continue                                         # group 0 is "no group"
         d[D["D_FLOOR"]] = pick(0, 7000)
         d[D["D_OVERRIDE"]] = pick(0, 0, 9000)
-        d[D["D_DED_ONCE_A_YEAR"]] = rng.integers(2)
+        d[D["D_DED_ONCE_A_YEAR"]] = pick(0, 1, 4)             # no once-a-year rule, or the group's bit
         d[D["D_QUOTA_MODE"]] = pick(0, 0, 1, 2)
         d[D["D_QUOTA_AMOUNT"]] = rng.integers(1000, 800_000)
         d[D["D_QUOTA_RATIO"]] = pick(0, 8500)
@@ -648,13 +648,14 @@ def test_identities_and_caps_hold_on_a_randomized_run(mode):
     # the accumulators hold exactly what the settled visits paid, slot by slot
     settled = ~refused & np.isin(status, [K["S_OK"], K["S_PROVISIONAL"]])
     for name, column in (("A_HIFOB", "hifob_pay"), ("A_HIFMI", "hifmi_pay"), ("A_CVL", "cvlserv_pay"),
-                         ("A_MAF", "maf_pay"), ("A_DED_PAID", "act_pay_dedc")):
+                         ("A_MAF", "maf_pay")):
         expect = np.bincount(acc_slot[settled], col(out, column)[settled], minlength=n_slots)
         assert (acc[:, K[name]] == expect).all(), name
     pool = rules[rule, K["R_POOL"]]
-    for p, name in ((0, "A_HIFP_INP"), (1, "A_HIFP_OUT")):
+    for p, name, column in ((0, "A_HIFP_INP", "hifp_pay"), (1, "A_HIFP_OUT", "hifp_pay"),
+                            (0, "A_DED_PAID_INP", "act_pay_dedc"), (1, "A_DED_PAID_OUT", "act_pay_dedc")):
         sel = settled & (pool == p)
-        expect = np.bincount(acc_slot[sel], col(out, "hifp_pay")[sel], minlength=n_slots)
+        expect = np.bincount(acc_slot[sel], col(out, column)[sel], minlength=n_slots)
         assert (acc[:, K[name]] == expect).all(), name
     spent = np.bincount(psn_slot, col(out, "acct_pay"), minlength=n_psn)
     assert (balance == balance0 - spent).all()

@@ -100,6 +100,73 @@ def test_rural_pack_figures():
     assert len(pack.disease_groups) == 21                               # 20 major diseases + appendicitis
 
 
+# SOURCE-FIGURES.md "20 major diseases", transcribed: (group, its ICD-10 prefixes, child only, ratio
+# in bp). "not below 70%; uremia and severe mental illness 90%".
+MAJOR_DISEASES = [
+    ("uremia", ["N18.5", "N18.6", "N19"], False, 9000),
+    ("child_leukaemia", ["C91", "C92", "C93", "C94", "C95"], True, 7000),
+    ("child_chd", ["Q20", "Q21", "Q22", "Q23", "Q24", "Q25", "Q26"], True, 7000),
+    ("breast_cancer", ["C50"], False, 7000),
+    ("cervical_cancer", ["C53"], False, 7000),
+    ("severe_mental", ["F20", "F25", "F31"], False, 9000),
+    ("mdr_tb", ["A15", "A16", "A17", "A18", "A19"], False, 7000),     # with a resistance marker
+    ("aids_oi", ["B20", "B21", "B22", "B23", "B24"], False, 7000),
+    ("lung_cancer", ["C34"], False, 7000),
+    ("oesophageal_cancer", ["C15"], False, 7000),
+    ("gastric_cancer", ["C16"], False, 7000),
+    ("colon_cancer", ["C18"], False, 7000),
+    ("rectal_cancer", ["C20"], False, 7000),
+    ("cml", ["C92.1"], False, 7000),
+    ("ami", ["I21"], False, 7000),
+    ("cerebral_infarction", ["I63"], False, 7000),
+    ("haemophilia", ["D66", "D67", "D68"], False, 7000),
+    ("t1_diabetes", ["E10"], False, 7000),
+    ("hyperthyroidism", ["E05"], False, 7000),
+    ("cleft_lip_palate", ["Q35", "Q36", "Q37"], False, 7000),
+]
+
+
+def test_twenty_major_diseases_map_to_their_group_and_ratio():
+    """Every prefix of SOURCE-FIGURES.md reaches its group and its ratio through the kernel: at a
+    city hospital (65%) a major disease is raised to its floor, 70%, or 90% for uremia and severe
+    mental illness. Ordinary tuberculosis, a child's group at 30 and an unlisted code stay at 65%."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from kernel.api import Settler
+    from kernel.reference import age_years, disease_group
+    assert len(MAJOR_DISEASES) == 20
+    settler = Settler.from_files(PACKS / "sample_rural.toml")
+    pack = settler.pack
+    end = dt.date(2013, 6, 15)
+    cases = []       # (diagnosis, birth date, group expected or None, ratio expected)
+    for group, prefixes, child, ratio in MAJOR_DISEASES:
+        born = dt.date(2003, 1, 1) if child else dt.date(1960, 1, 1)
+        for prefix in prefixes:
+            code = prefix + ("01" if "." in prefix else ".901")
+            if group == "mdr_tb":
+                cases.append((code, born, None, 6500))                 # no resistance marker
+                code += ",U84.3"
+            cases.append((code, born, group, ratio))
+    cases += [("C91.001", dt.date(1983, 1, 1), None, 6500),            # leukaemia at 30: no child group
+              ("C92.101", dt.date(1983, 1, 1), "cml", 7000),
+              ("A16.201,Z16.341", dt.date(1960, 1, 1), "mdr_tb", 7000),
+              ("J18.901", dt.date(1960, 1, 1), None, 6500)]
+    visits = [{"mdtrt_id": f"V{k}", "psn_no": f"P{k}", "insutype": "rural", "medins_lv": "3", "med_type": "21",
+               "enddate": end, "setl_time": dt.datetime(2013, 6, 15, 12), "brdy": born, "dise_codg": code,
+               "ipt_days": 10, "fulamt_ownpay_amt": 0, "overlmt_selfpay": 0, "preselfpay_amt": 0,
+               "inscp_scp_amt": 1_000_000} for k, (code, born, _, _) in enumerate(cases)]
+    rows = settler.settle_table(pa.Table.from_pylist(visits)).table.to_pylist()
+    groups = settler.compiled.resolve_groups(pa.array([c[0] for c in cases]),
+                                             [age_years(c[1], end) for c in cases])
+    for (code, born, group, ratio), row, g in zip(cases, rows, groups.tolist()):
+        assert settler.compiled.group_codes[g] == (group or ""), code
+        ref = disease_group(pack, code, age_years(born, end))
+        assert (ref.code if ref else None) == group, code
+        assert row["pool_prop_selfpay"] == ratio, code
+
+
 def test_city_pack_figures():
     pack = load_pack(PACKS / "sample_city.toml")
     employee, resident = pack.schemes
@@ -177,6 +244,16 @@ BAD = [
      f"{V0}.adjustments.categories.low_income", ["deny"]),
     ("child older than adult", 'icd10 = ["C34"] }', 'icd10 = ["C34"], min_age = 18, max_age = 17 }',
      "$.disease_groups[0].max_age", ["below min_age", "17"]),
+    ("region not a region code", 'region = "000000"', 'region = "Z00"', "$.region", ["6-digit", "'Z00'"]),
+    ("regions without the region", 'region = "000000"', 'region = "000000"\nregions = ["000001"]',
+     "$.regions", ["must include", "'000000'"]),
+    ("63 once-a-year groups", 'disease_groups = [{ code = "lung", name = "lung cancer", icd10 = ["C34"] }]',
+     "disease_groups = [" + ", ".join(f'{{ code = "g{k}", name = "g", icd10 = ["Z{k:02d}"] }}' for k in range(63))
+     + ', { code = "lung", name = "lung cancer", icd10 = ["C34"] }]\n'
+     + "[[schemes]]\ncode = \"other\"\nname = \"other\"\n[[schemes.versions]]\nid = \"o\"\n"
+     + "effective_from = 2013-01-01\n[[schemes.versions.diseases]]\ndeductible_once_a_year = true\ngroups = ["
+     + ", ".join(f'"g{k}"' for k in range(63)) + "]",
+     "$.disease_groups", ["at most 62", "once-a-year", "63"]),
     ("two floors for one group", "[schemes.versions.serious_illness]",
      '[[schemes.versions.diseases]]\ngroups = ["lung"]\nfloor = "90%"\n\n[schemes.versions.serious_illness]',
      f"{V0}.diseases[1].floor", ["'lung'", "already has a floor"]),

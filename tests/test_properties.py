@@ -105,4 +105,4 @@ def test_year_totals_are_the_sum_of_visits(seed, table):
                       ("A_MAF", "maf_pay")]:
         assert sum(a[name] for a in acc) == sum(r[col] for r in t)
     assert sum(a["A_HIFP_INP"] + a["A_HIFP_OUT"] for a in acc) == sum(r["hifp_pay"] for r in t)
-    assert sum(a["A_DED_PAID"] for a in acc) == sum(r["act_pay_dedc"] for r in t)
+    assert sum(a["A_DED_PAID_INP"] + a["A_DED_PAID_OUT"] for a in acc) == sum(r["act_pay_dedc"] for r in t)

@@ -38,7 +38,8 @@ def visit_and_lines(draw):
          "brdy": dt.date(draw(st.integers(1940, 2012)), 3, 1),
          "dise_codg": draw(st.sampled_from([None, "C34.9", "K35.8", "F20.0", "C92.1", "J18.9"])),
          "inj_cause": draw(st.sampled_from([None, "none", "traffic", "pending"])),
-         "mdtrt_admdvs": draw(st.sampled_from([None, "530300", "530100"])),
+         "insu_admdvs": draw(st.sampled_from([None, "530300", "530321"])),
+         "mdtrt_admdvs": draw(st.sampled_from([None, "530300", "530302", "530100"])),
          "out_filing_flag": draw(st.booleans()), "refl_flag": draw(st.booleans()),
          "ipt_days": draw(st.integers(0, 40)), "acct_used_flag": draw(st.booleans())}
     if draw(st.booleans()):
@@ -60,6 +61,7 @@ def visit_and_lines(draw):
 MUTATIONS = [
     ("visit", "insutype", "martian"), ("visit", "med_type", "99"), ("visit", "medins_lv", "7"),
     ("visit", "inj_cause", "meteor"), ("visit", "psn_cats", "astronaut"), ("visit", "psn_no", None),
+    ("visit", "insu_admdvs", "ZZZ"), ("visit", "insu_admdvs", "110000"), ("visit", "mdtrt_admdvs", "QQQ"),
     ("visit", "enddate", dt.date(2009, 1, 1)), ("visit", "ipt_days", -1), ("visit", "medfee_sumamt", "total+1"),
     ("visit", "medfee_sumamt", -5), ("pre", "inscp_scp_amt", -1), ("pre", "inscp_scp_amt", 12.5),
     ("pre", "fulamt_ownpay_amt", 10**13), ("pre", "inscp_essential_amt", 10**11),

@@ -240,7 +240,7 @@ def test_examples_a_and_b_in_sequence():
 
     acc = batch.accumulators[("P1", "rural", 2013)]
     assert acc.hifp_inp == yuan("53376") and acc.admissions == 2
-    assert acc.ded_paid == yuan("1100") and acc.hifmi == yuan("44246.40")
+    assert acc.ded_paid_inp == yuan("1100") and acc.hifmi == yuan("44246.40")
     assert acc.as_layout_dict()["A_HIFP_INP"] == yuan("53376")
     assert list(acc.as_layout_dict()) == ACC_COLS
 
@@ -355,7 +355,7 @@ def test_example_i_per_bed_day():
     assert r["hifp_pay"] == yuan("4050")
     assert r["psn_part_amt"] == yuan("450")
     assert r["hosp_part_amt"] == yuan("900")
-    assert acc.ded_once == 1
+    assert acc.ded_once == 1                 # severe_mental: the pack's first once-a-year group, bit 0
     check_identities(r)
 
 
@@ -375,7 +375,7 @@ def test_excluded_cause_account_still_pays():
 
 
 def test_pending_cause_refused_on_settle_provisional_on_presettle():
-    acc0 = Accumulators(hifp_inp=yuan("1000"), admissions=1, ded_paid=yuan("300"))
+    acc0 = Accumulators(hifp_inp=yuan("1000"), admissions=1, ded_paid_inp=yuan("300"))
     pending = visit("P", psn_no="P10", insutype="employee", inj_cause="pending", acct_used_flag=True,
                     inscp=yuan("20000"))
     r, acc, bal, _ = settle_one(pending, acc=acc0, balance=yuan("500"))
@@ -443,7 +443,63 @@ def test_annual_deductible_across_visits():
     assert [r["act_pay_dedc"] for r in batch.results] == [yuan("600"), yuan("400"), 0]
     assert [r["hifp_pay"] for r in batch.results] == [0, yuan("180"), yuan("300")]
     acc = batch.accumulators[("P13", "employee", 2013)]
-    assert acc.ded_paid == yuan("1000") and acc.hifp_out == yuan("480") and acc.admissions == 0
+    assert acc.ded_paid_out == yuan("1000") and acc.ded_paid_inp == 0
+    assert acc.hifp_out == yuan("480") and acc.admissions == 0
+
+
+def both_paths(pack, visits):
+    """(reference results, kernel results, reference accumulators, kernel accumulator rows) of a batch."""
+    import pyarrow as pa
+
+    from kernel.api import Settler
+    from kernel.catalogue import default_catalogue
+    batch = settle_batch(pack, CATALOGUE, visits)
+    kernel = Settler(pack, default_catalogue()).settle_table(pa.Table.from_pylist(visits))
+    kernel_acc = {(a.pop("psn_no"), a.pop("insutype"), a.pop("year")): a for a in kernel.accumulators.to_pylist()}
+    return batch.results, kernel.table.to_pylist(), batch.accumulators, kernel_acc
+
+
+def test_annual_outpatient_deductible_ignores_the_inpatient_deductible():
+    """Deductibles are kept per pool: an admission's deductible does not pay off the outpatient
+    pool's annual one (employee scheme: inpatient level 3 per admission 1,000, 85%; outpatient
+    annual 1,000, 60%)."""
+    visits = [visit("IN", psn_no="P20", insutype="employee", lv="3", enddate=D(2013, 3, 10),
+                    inscp=yuan("20000")),
+              visit("OUT1", psn_no="P20", insutype="employee", med_type="11", lv="1",
+                    enddate=D(2013, 4, 2), inscp=yuan("1500")),
+              visit("OUT2", psn_no="P20", insutype="employee", med_type="11", lv="1",
+                    enddate=D(2013, 4, 9), inscp=yuan("800"))]
+    ref, kernel, ref_acc, kernel_acc = both_paths(PACK, visits)
+    for results in (ref, kernel):
+        # IN: deductible 1,000; 85% x (20,000 - 1,000) = 16,150
+        # OUT1: the outpatient pool's annual 1,000 is still due; 60% x (1,500 - 1,000) = 300
+        # OUT2: 1,000 paid in the outpatient pool this year: none; 60% x 800 = 480
+        assert [r["act_pay_dedc"] for r in results] == [yuan("1000"), yuan("1000"), 0]
+        assert [r["hifp_pay"] for r in results] == [yuan("16150"), yuan("300"), yuan("480")]
+    acc = ref_acc[("P20", "employee", 2013)]
+    assert (acc.ded_paid_inp, acc.ded_paid_out) == (yuan("1000"), yuan("1000"))
+    assert kernel_acc[("P20", "employee", 2013)] == acc.as_layout_dict()
+
+
+def test_once_a_year_deductible_is_kept_per_group():
+    """Two groups with one deductible a year each: an admission in one does not waive the other's
+    (rural city level: per admission 800, 65%; severe mental illness at 90%, no quota at level 3)."""
+    def edit(raw):
+        raw["disease_groups"].append({"code": "tb", "name": "tuberculosis", "icd10": ["A15"]})
+        rural_version(raw)["diseases"].append({"groups": ["tb"], "deductible_once_a_year": True})
+    pack = make_pack(edit)
+    visits = [visit(f"T{i}", psn_no="P21", lv="3", dise_codg=diag, enddate=D(2013, 2, 1 + 7 * i),
+                    inscp=yuan("2000")) for i, diag in enumerate(["F20.0", "A15.0", "F20.0", "A15.0"])]
+    ref, kernel, ref_acc, kernel_acc = both_paths(pack, visits)
+    for results in (ref, kernel):
+        # F20: 800, 90% x 1,200 = 1,080; A15: its own 800, 65% x 1,200 = 780;
+        # then each group's second admission: none, 90% x 2,000 = 1,800 and 65% x 2,000 = 1,300
+        assert [r["act_pay_dedc"] for r in results] == [yuan("800"), yuan("800"), 0, 0]
+        assert [r["hifp_pay"] for r in results] == [yuan("1080"), yuan("780"), yuan("1800"), yuan("1300")]
+        assert [bool(r["flags"] & FLAG["F_DED_ONCE"]) for r in results] == [False, False, True, True]
+    # severe_mental is the first once-a-year group of the pack (bit 1), tb the second (bit 2)
+    assert ref_acc[("P21", "rural", 2013)].ded_once == 0b11
+    assert kernel_acc[("P21", "rural", 2013)]["A_DED_ONCE"] == 0b11
 
 
 def test_essential_uplift_deductible_consumed_from_non_essential_first():

@@ -21,8 +21,8 @@ from server.server import SERVICE_NAME
 
 from server_fixtures import Y, small_visit, start_thread_server, visit_a, visit_b, wire_visit
 
-ACC_FIELDS = ["ded_paid", "admissions", "ded_once", "hifp_inp", "hifp_out", "elig_inp", "elig_out",
-              "hifob", "mi_base", "hifmi", "cvl", "maf"]
+ACC_FIELDS = ["ded_paid_inp", "ded_paid_out", "admissions", "ded_once", "hifp_inp", "hifp_out", "elig_inp",
+              "elig_out", "hifob", "mi_base", "hifmi", "cvl", "maf"]
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_examples_a_then_b_through_settle(h1):
     assert (acc["insutype"], acc["year"]) == ("rural", 2013)
     assert acc["hifp_inp"] == 4_522_000 + 815_600
     assert acc["hifmi"] == 414_000 + 4_010_640
-    assert acc["admissions"] == 2 and acc["ded_paid"] == 300 * Y + 800 * Y
+    assert acc["admissions"] == 2 and acc["ded_paid_inp"] == 300 * Y + 800 * Y and acc["ded_paid_out"] == 0
 
 
 def test_presettle_changes_nothing(srv, h1):
@@ -404,6 +404,10 @@ BAD = {
     "unknown level": (wire_visit("X", level="9"), [line(1)], "INVALID_ARGUMENT", "medins_lv", 0),
     "unknown injury cause": (wire_visit("X", inj_cause="nosuch"), [line(1)], "INVALID_ARGUMENT",
                              "inj_cause", 0),
+    "unknown region": (wire_visit("X", insu_admdvs="ZZZ", mdtrt_admdvs="QQQ"), [line(1)],
+                       "INVALID_ARGUMENT", "insu_admdvs", 0),
+    "malformed treatment region": (wire_visit("X", mdtrt_admdvs="QQQ"), [line(1)], "INVALID_ARGUMENT",
+                                   "mdtrt_admdvs", 0),
     "overflow": (wire_visit("X"), [line(1, cnt=3, pric=2**62, amount=0)], "INVALID_ARGUMENT",
                  "pric", 1),
     "duplicate line ids": (wire_visit("X"), [line(1), line(1)], "INVALID_ARGUMENT", "line_no", 2),
