@@ -371,6 +371,7 @@ def partition_chunk(plan: Plan, work: str, chunk: tuple, n_parts: int, index: in
     if plan.old_results:
         table = _attach_old(table, plan.old_results, first_row, src)
     part = partition_of(table.column("psn_no"), n_parts)
+    _write_visit_ids(work, index, table.column("mdtrt_id"), table.column(_ROW), part)
     order = np.argsort(part.astype(np.int16) if n_parts < 2**15 else part, kind="stable")
     bounds = np.searchsorted(part[order], np.arange(n_parts + 1))
     sorted_table = table.take(pa.array(order))
@@ -385,6 +386,86 @@ def partition_chunk(plan: Plan, work: str, chunk: tuple, n_parts: int, index: in
             with pa.ipc.new_file(d / f"c{index:05d}.arrow", piece.schema, options=_IPC_WRITE) as w:
                 w.write_table(piece)
     return {"rows": n, "counts": counts}
+
+
+# --- visit ids across partitions: a mdtrt_id repeated for two persons lands in two partitions -------
+
+def _write_visit_ids(work: str, index: int, mdtrt_id, rows, part: np.ndarray) -> None:
+    """work/ids/cNNNNN.arrow: the chunk's visit-id hashes, sorted, with each visit's row and partition
+    (a check task reads one range of hashes from every chunk: no id string leaves pass 1)."""
+    h = hash_strings(mdtrt_id)
+    order = np.argsort(h)
+    d = Path(work) / "ids"
+    d.mkdir(exist_ok=True)
+    table = pa.table({"hash": h[order], "row": np.asarray(rows, dtype=np.int64)[order], "part": part[order]})
+    with pa.ipc.new_file(d / f"c{index:05d}.arrow", table.schema) as w:
+        w.write_table(table)
+
+
+def _bucket_bounds(bucket: int, n_buckets: int) -> tuple[int, int]:
+    """The hash range [lo, hi) of a bucket: the 64-bit hash space cut into n_buckets equal ranges."""
+    return -(-bucket * 2**64 // n_buckets), -(-(bucket + 1) * 2**64 // n_buckets)
+
+
+def _bucket_ids(work: str, bucket: int, n_buckets: int) -> dict:
+    """Every visit of the bucket's hash range from every pass-1 chunk: hash, row, partition (by hash)."""
+    lo, hi = _bucket_bounds(bucket, n_buckets)
+    parts = {"hash": [], "row": [], "part": []}
+    for f in sorted((Path(work) / "ids").glob("c*.arrow")):
+        with pa.memory_map(str(f)) as source:
+            t = pa.ipc.open_file(source).read_all()
+            h = np.asarray(t.column("hash"))
+            a = int(np.searchsorted(h, np.uint64(lo))) if lo < 2**64 else len(h)
+            b = int(np.searchsorted(h, np.uint64(hi))) if hi < 2**64 else len(h)
+            for name in parts:
+                parts[name].append(np.array(t.column(name).slice(a, b - a)))
+    out = {name: (np.concatenate(v) if v else np.zeros(0, np.int64)) for name, v in parts.items()}
+    order = np.argsort(out["hash"], kind="stable")
+    return {name: v[order] for name, v in out.items()}
+
+
+def _values_at_rows(path: str, column: str, rows: np.ndarray) -> list:
+    """column's values at 1-based rows of a Parquet file, reading only the row groups that hold them."""
+    f = pq.ParquetFile(path)
+    sizes = [f.metadata.row_group(g).num_rows for g in range(f.metadata.num_row_groups)]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    group = np.searchsorted(starts, rows - 1, side="right") - 1
+    values = [None] * len(rows)
+    for g in np.unique(group).tolist():
+        col = f.read_row_group(g, columns=[column]).column(column)
+        for k in np.flatnonzero(group == g).tolist():
+            values[k] = col[int(rows[k] - 1 - starts[g])].as_py()
+    return values
+
+
+def check_visit_ids(plan: Plan, work: str, bucket: int, n_buckets: int):
+    """A visit id (mdtrt_id) repeated anywhere in the file, among the ids of one hash bucket:
+    (row of the repeat, row of the first, id) of the earliest repeat in the file, or None.
+    Repeated hashes are compared as strings (read from the input for those rows only)."""
+    ids = _bucket_ids(work, bucket, n_buckets)
+    h = ids["hash"]
+    same = np.flatnonzero(h[1:] == h[:-1]) if h.size > 1 else np.zeros(0, np.int64)
+    if not same.size:
+        return None
+    candidates = np.unique(np.concatenate([same, same + 1]))
+    rows = ids["row"][candidates]
+    first_by_value, found = {}, None
+    for row, value in sorted(zip(rows.tolist(), _values_at_rows(plan.visits, "mdtrt_id", rows))):
+        if value in first_by_value:
+            if found is None or row < found[0]:
+                found = (row, first_by_value[value], value)
+        else:
+            first_by_value[value] = row
+    return found
+
+
+def raise_repeated_visit_id(found: list, source: str) -> None:
+    """The earliest repeat over every bucket (the same error whatever the partition count)."""
+    found = [f for f in found if f is not None]
+    if found:
+        row, first, value = min(found)
+        raise InputError("mdtrt_id", f"duplicate visit id (the same as row {first})", value,
+                         row=row, source=source)
 
 
 def _attach_old(table: pa.Table, results_path: str, first_row: int, source: str) -> pa.Table:
@@ -955,6 +1036,10 @@ def resettle(plan: Plan, out_dir, progress=None, report=None) -> Outcome:
             task = progress.add_task(label, total=len(chunks)) if progress else None
             run_tasks(pool, partition_chunk, [(plan, str(work), c, n_parts, k, threads) for k, c in enumerate(chunks)],
                       (lambda: progress.update(task, advance=1)) if progress else None)
+            task = progress.add_task("check visit ids across persons", total=n_parts) if progress else None
+            raise_repeated_visit_id(run_tasks(pool, check_visit_ids, [(plan, str(work), b, n_parts) for b in range(n_parts)],
+                                              (lambda: progress.update(task, advance=1)) if progress else None),
+                                    str(plan.visits))
             if plan.lines:
                 lt = progress.add_task("split line items", total=None) if progress else None
                 partition_lines(plan, str(work), n_parts,

@@ -20,7 +20,8 @@ import shutil
 import pyarrow as pa
 
 from .resettle import (Plan, _carried, _raise_carried, _settle_and_clean, add_histograms, check_plan,
-                       combine_summaries, finish, partition_chunk, partition_lines, prepare_work)
+                       check_visit_ids, combine_summaries, finish, partition_chunk, partition_lines, prepare_work,
+                       raise_repeated_visit_id)
 
 
 def _pass1(plan, work, chunk, n_parts, index):
@@ -90,6 +91,11 @@ def resettle_dask(plan: Plan, out_dir, scheduler="local", n_workers=2, progress=
         _all_done(futures, progress, task)
         for f in futures:               # the first bad chunk in file order: the single-process error
             _raise_carried(f.result())
+        task = progress.add_task("check visit ids across persons", total=n_parts) if progress else None
+        futures = [client.submit(_carried, check_visit_ids, plan, str(work), b, n_parts, pure=False)
+                   for b in range(n_parts)]
+        _all_done(futures, progress, task)
+        raise_repeated_visit_id([_raise_carried(f.result()) for f in futures], str(plan.visits))
         if plan.lines:
             partition_lines(plan, str(work), n_parts)
         task = progress.add_task(f"settle old and new, {n_parts} partitions", total=n_parts) if progress else None

@@ -277,6 +277,35 @@ def test_refuses_duplicated_visit(tmp_path, capsys):
     refused(tmp_path, rows, capsys, "mdtrt_id", 8)
 
 
+def copy_visit_id_to_another_partition(visits_path, tmp_path, n_parts):
+    """The generated file with row 1's mdtrt_id copied onto a visit of a person in another partition
+    (as a faulty export would): returns (path, the copy's 1-based row, the id)."""
+    from kernel.resettle import partition_of
+    t = pq.read_table(visits_path)
+    part = partition_of(t.column("psn_no"), n_parts)
+    copy = int(np.flatnonzero(part != part[0])[100])       # a later visit of a person in another partition
+    ids = t.column("mdtrt_id").to_pylist()
+    ids[copy] = ids[0]
+    path = tmp_path / "dup.parquet"
+    pq.write_table(t.set_column(0, "mdtrt_id", pa.array(ids)), path, row_group_size=3_000)
+    return path, copy + 1, ids[0]
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_refuses_visit_id_of_two_persons_in_two_partitions(generated, tmp_path, processes):
+    """A visit id shared by two persons is refused whatever the partition count (each partition alone
+    holds it once): the later row is named, with the first, and nothing is left behind."""
+    from kernel.errors import InputError
+    path, row, value = copy_visit_id_to_another_partition(generated, tmp_path, 4)
+    plan = Plan(visits=str(path), new=PolicySpec(None, "2013-aug"), old=PolicySpec(), partition_rows=5_000,
+                processes=processes)
+    with pytest.raises(InputError) as e:
+        resettle(plan, tmp_path / "out")
+    assert (e.value.field, e.value.row, e.value.value) == ("mdtrt_id", row, value)
+    assert "the same as row 1" in str(e.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["dup.parquet"]
+
+
 def test_refuses_results_file_of_other_visits(c_file, tmp_path, capsys):
     results = tmp_path / "results.parquet"
     assert main(["settle", str(c_file), "--out", str(results)]) == 0

@@ -53,3 +53,15 @@ def test_dask_refuses_bad_input_and_leaves_nothing(tmp_path, client):
         resettle_dask(plan, tmp_path / "out", client)
     assert e.value.field == "inscp_scp_amt" and e.value.row == 5
     assert [p.name for p in tmp_path.iterdir()] == ["bad.parquet"]
+
+
+def test_dask_refuses_visit_id_of_two_persons(visits, client, tmp_path):
+    """A visit id shared by two persons in two partitions, refused on Dask as in one process."""
+    from test_resettle import copy_visit_id_to_another_partition
+    path, row, value = copy_visit_id_to_another_partition(visits, tmp_path, 4)
+    plan = Plan(visits=str(path), new=PolicySpec(None, "2013-aug"), old=PolicySpec(), partition_rows=3_000)
+    with pytest.raises(InputError) as e:
+        resettle_dask(plan, tmp_path / "out", client)
+    assert (e.value.field, e.value.row, e.value.value) == ("mdtrt_id", row, value)
+    assert "the same as row 1" in str(e.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["dup.parquet"]
