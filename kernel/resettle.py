@@ -1126,8 +1126,10 @@ def add_subcommands(sub) -> None:
                    help="visits per partition: bounds memory (default %(default)s)")
     r.add_argument("--processes", type=int, default=0,
                    help="worker processes on this machine (default 0: one per core for a large file, else 1)")
-    r.add_argument("--fund-income", type=float, help="the fund's income for the year, yuan: surplus ratios")
-    r.add_argument("--carried-surplus", type=float, default=0.0, help="accumulated balance at the start of the year, yuan")
+    r.add_argument("--fund-income", type=yuan_arg(), help="the fund's income for the year, yuan (at most 2 decimals): "
+                   "surplus ratios")
+    r.add_argument("--carried-surplus", type=yuan_arg(signed=True), default=0,
+                   help="accumulated balance at the start of the year, yuan (negative: a deficit carried)")
     r.add_argument("--enrollees", type=int, help="persons enrolled: benefit coverage (person-times / enrollees)")
     r.add_argument("--fund-layers", default=",".join(DEFAULT_FUND_LAYERS),
                    help="fund columns the pooled fund pays, for the surplus (default %(default)s)")
@@ -1141,8 +1143,22 @@ def add_subcommands(sub) -> None:
     add_region(sub)
 
 
-def _yuan_to_fen(v):
-    return None if v is None else int(round(v * 100))
+def yuan_arg(signed=False):
+    """An argparse type: yuan written as decimals ("648000000", "1234.5", "-90000.25") to exact fen;
+    more than two decimals, or a sign where none may be, is refused (money never passes a float)."""
+    import argparse
+    from .policy import fen_of_yuan
+
+    def parse(text: str) -> int:
+        text = text.strip().replace(",", "")
+        negative = signed and text.startswith("-")
+        try:
+            fen = fen_of_yuan(text[1:] if negative else text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"yuan with at most two decimals, e.g. 648000000 or 1234.56, "
+                                             f"got {text!r}") from None
+        return -fen if negative else fen
+    return parse
 
 
 def plan_from_args(args) -> Plan:
@@ -1166,7 +1182,7 @@ def cmd_resettle(args) -> int:
     from .cli import _phases, console, err
     from . import report as rep
     plan = plan_from_args(args)
-    funding = rep.Funding(income=_yuan_to_fen(args.fund_income), carried=_yuan_to_fen(args.carried_surplus) or 0,
+    funding = rep.Funding(income=args.fund_income, carried=args.carried_surplus,
                           enrollees=args.enrollees, layers=plan.fund_layers)
     kinds = {"html": ["html"], "png": ["png"], "both": ["html", "png"], "none": []}[args.report]
 

@@ -70,6 +70,58 @@ def test_example_c_cli_under_the_august_version(c_file, tmp_path, capsys):
     assert "warning" in printed     # 1,000,000 income against about 443,000 spent: surplus above 15%
 
 
+def test_summary_prints_whole_figures_in_80_columns(tmp_path):
+    """Example C for 400 persons, printed by `medsettle resettle` in an 80-column terminal: every
+    money figure whole (nothing cut to "…"), levels by name.
+
+    Per person (SETTLEMENT.md section 8, C): old funds 53,376.00 + 250,000.00 (C1) + 0 (C2) + 10,000.00
+    (C3) = 313,376.00; new 53,376.00 + 369,636.80 + 10,000.00 + 10,000.00 = 443,012.80; cost 640,000.00."""
+    from server.cli import module_command
+    import os
+    import subprocess
+    rows = [dict(v, mdtrt_id=f"{v['mdtrt_id']}-{k}", psn_no=f"P{k:03d}") for k in range(400) for v in example_c()]
+    path = tmp_path / "c400.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    cmd, env = module_command("kernel.cli", "resettle", str(path), "--new-pack", DRAFT, "--out", str(tmp_path / "out"),
+                              "--report", "none")
+    done = subprocess.run(cmd, env=dict(env, COLUMNS="80"), capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout
+    assert max(len(line) for line in printed.splitlines()) <= 80 and "…" not in printed
+    expected = [
+        "125,350,400.00", "177,205,120.00", "+51,854,720.00",       # all funds: 400 x 313,376.00 / 443,012.80
+        "21,350,400.00",                                              # basic fund: 400 x 53,376.00 (capped)
+        "104,000,000.00", "155,854,720.00",                           # serious illness: 400 x 260,000.00 / 389,636.80
+        "130,649,600.00", "78,794,880.00", "-51,854,720.00",          # patient: 256,000,000.00 - funds
+        "121,350,400.00", "169,205,120.00", "+47,854,720.00",         # June: 400 x (53,376.00 + 250,000.00 / 369,636.80)
+        "4,000,000.00",                                               # July new, August old and new: 400 x 10,000.00
+    ]
+    for figure in expected:
+        assert figure in printed, figure
+    level = next(line for line in printed.splitlines() if "│ city or" in line)   # the name wraps
+    assert "125,350,400.00" in level and "177,205,120.00" in level      # every visit at level 3, by its name
+
+
+def test_yuan_flags_are_exact_fen():
+    from kernel.resettle import yuan_arg
+    income, carried = yuan_arg(), yuan_arg(signed=True)
+    assert income("648000000") == 64_800_000_000
+    assert income("4503599627370.49") == 450_359_962_737_049
+    assert income("1,234.5") == 123_450 and carried("-90000.25") == -9_000_025
+    for bad in ("1234.567", "0.125", "-5", "12e3", "", "abc"):        # a float would round 0.125 silently
+        with pytest.raises(Exception, match="at most two decimals"):
+            income(bad)
+
+
+def test_fund_income_with_three_decimals_is_refused(c_file, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["resettle", str(c_file), "--new-version", "2013-aug", "--out", str(tmp_path / "out"),
+              "--fund-income", "1000000.005"])
+    assert e.value.code == 2
+    assert "--fund-income" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
 def test_example_c_cli_draft_pack(c_file, tmp_path):
     """基金测算: the draft (cap removed from 1 January) costed before enactment."""
     out = tmp_path / "out"
