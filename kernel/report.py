@@ -37,6 +37,22 @@ class Funding:
     carried: int = 0                   # fen: accumulated balance at the start of the year
     enrollees: int | None = None
     layers: list = field(default_factory=list)
+    counties: list = field(default_factory=list)     # region.json: [{code, name, enrollees, ...}]
+
+
+def read_region(path) -> dict:
+    """region.json of `medsettle synth` (or a bureau's own in the same shape): counties with their
+    code, name and enrollees; the region's enrollees and fund income (yuan)."""
+    import json
+    from .errors import InputError
+    try:
+        meta = json.loads(Path(path).read_text(encoding="utf-8"))
+        counties = [{"code": str(c["code"]), "name": str(c.get("name", c["code"])), "enrollees": int(c["enrollees"])}
+                    for c in meta["counties"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError("--region", f"not a region file (counties with code and enrollees): {e}", str(path)) from None
+    enrollees = int(meta.get("enrollees", sum(c["enrollees"] for c in counties)))
+    return {"counties": counties, "enrollees": enrollees, "fund_income_yuan": meta.get("fund_income_yuan")}
 
 
 @dataclass
@@ -182,7 +198,60 @@ def figures_table(r: dict, funding: Funding) -> Table:
     return f
 
 
-def summary_tables(summary: pa.Table, hist: dict, names: Names, funding: Funding, title: str, full=False) -> list:
+def _gain_row(table: Table, label: str, g: dict) -> None:
+    table.add_row(label, f"{g['persons_owed']:,}", fen(g["owed"]), f"{g['persons_recovered']:,}", fen(g["recovered"]))
+
+
+def _gain_columns(title: str, label: str) -> Table:
+    t = Table(title=title, title_justify="left")
+    t.add_column(label, justify="left", ratio=1, overflow="fold")
+    for c in ("persons gaining", "owed (补付)", "persons losing", "recovered (追回)"):
+        t.add_column(c, justify="right", no_wrap=c.startswith(("owed", "recovered")), max_width=9 if "persons" in c else None)
+    return t
+
+
+GAIN_VALUES = ("persons", "persons_owed", "owed", "persons_recovered", "recovered")
+
+
+def gains_by_region(gains: pa.Table, names: Names) -> Table:
+    """Who gains (补付) and who loses (追回), by the county where they are insured (参保地)."""
+    t = _gain_columns("who gains, by region (参保地)", "region")
+    g = gains.group_by(["region"]).aggregate([(c, "sum") for c in GAIN_VALUES]).sort_by("region")
+    for r in g.to_pylist():
+        _gain_row(t, names.of("region", r["region"]), {c: r[f"{c}_sum"] for c in GAIN_VALUES})
+    return t
+
+
+def gains_by_category(gains: pa.Table) -> Table:
+    """Who gains and who loses, by person category (a person in two categories counts in both)."""
+    t = _gain_columns("who gains, by category (a person in two counts in both)", "category")
+    by = {}
+    for r in gains.to_pylist():
+        for name in (r["psn_cats"].split(",") if r["psn_cats"] else ["none"]):
+            acc = by.setdefault(name, dict.fromkeys(GAIN_VALUES, 0))
+            for c in GAIN_VALUES:
+                acc[c] += r[c]
+    for name in sorted(by, key=lambda k: (k == "none", k)):
+        _gain_row(t, name, by[name])
+    return t
+
+
+def coverage_by_region(summary: pa.Table, funding: Funding, names: Names) -> Table:
+    """Benefit coverage (受益面) per county: person-times compensated / the county's enrollees."""
+    g = summary.group_by(["region"]).aggregate([("old_n_fund_pay_sumamt", "sum"), ("new_n_fund_pay_sumamt", "sum")])
+    pt = {r["region"]: (r["old_n_fund_pay_sumamt_sum"], r["new_n_fund_pay_sumamt_sum"]) for r in g.to_pylist()}
+    t = _table("benefit coverage (受益面), by region", "region", [], ["enrollees", "person-times old", "new"],
+               ["coverage old → new"])
+    for c in funding.counties:
+        old, new = pt.get(c["code"], (0, 0))
+        n = c["enrollees"]
+        t.add_row(names.of("region", c["code"]), f"{n:,}", f"{old:,}", f"{new:,}",
+                  f"{_ratio(old, n)} → {_ratio(new, n)}")
+    return t
+
+
+def summary_tables(summary: pa.Table, hist: dict, names: Names, funding: Funding, title: str, full=False,
+                   gains: pa.Table | None = None) -> list:
     """Every table of the report, in reading order (the terminal's, or the HTML's with full=True)."""
     tables = [fund_table(summary, title), person_times_table(summary),
               by_dimension(summary, "month", "by settlement month", names, full),
@@ -191,7 +260,15 @@ def summary_tables(summary: pa.Table, hist: dict, names: Names, funding: Funding
         tables.append(by_dimension(summary, "region", "by region (参保地)", names, full))
     if full or len(set(summary.column("insutype").to_pylist())) > 1:
         tables.append(by_dimension(summary, "insutype", "by scheme", names, full))
-    tables += [patients_table(hist), figures_table(ratios(summary, funding), funding)]
+    tables.append(patients_table(hist))
+    if gains is not None and gains.num_rows:
+        if full or len(set(gains.column("region").to_pylist())) > 1:
+            tables.append(gains_by_region(gains, names))
+        if full or gains.column("psn_cats").null_count < gains.num_rows:
+            tables.append(gains_by_category(gains))
+    if funding.counties:
+        tables.append(coverage_by_region(summary, funding, names))
+    tables.append(figures_table(ratios(summary, funding), funding))
     return tables
 
 
@@ -201,8 +278,9 @@ def title_of(plan, rows: int) -> str:
 
 
 def print_summary(console, outcome, plan, funding: Funding, names: Names | None = None) -> None:
-    names = names or names_for(plan)
-    for table in summary_tables(outcome.summary, outcome.histogram, names, funding, title_of(plan, outcome.rows)):
+    names = names or names_for(plan, funding.counties)
+    for table in summary_tables(outcome.summary, outcome.histogram, names, funding, title_of(plan, outcome.rows),
+                                gains=outcome.gains):
         console.print(table)
     for w in ratios(outcome.summary, funding).get("surplus", {}).get("warnings", []):
         console.print(f"[bold yellow]warning:[/bold yellow] {w}")
@@ -264,6 +342,7 @@ def write_reports(final: Path, kinds, plan, funding: Funding, names: Names | Non
         return
     import json
     summary = pq.read_table(final / "summary.parquet")
+    gains = pq.read_table(final / "gains.parquet")
     meta = json.loads((final / "meta.json").read_text())
     hist = meta["histogram"]
     charts = _charts(summary, hist) if summary.num_rows else None
@@ -271,8 +350,8 @@ def write_reports(final: Path, kinds, plan, funding: Funding, names: Names | Non
         (final / "fund_by_month.png").write_bytes(charts[0])
         (final / "gains.png").write_bytes(charts[1])
     if "html" in kinds:
-        names = names or names_for(plan)
-        tables = summary_tables(summary, hist, names, funding, title_of(plan, meta["rows"]), full=True)
+        names = names or names_for(plan, funding.counties)
+        tables = summary_tables(summary, hist, names, funding, title_of(plan, meta["rows"]), full=True, gains=gains)
         if charts:
             imgs = "".join(f'<img alt="{a}" src="data:image/png;base64,{base64.b64encode(c).decode()}">'
                            for a, c in zip(("fund spending by month", "persons by gain"), charts))

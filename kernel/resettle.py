@@ -48,8 +48,11 @@ from .schema import LINE_FIELDS, PRECOMPUTED_FIELDS, VISIT_FIELDS
 # fund_pay_sumamt), then the patient's share and its split, and the hospital's part.
 FUNDS = ["hifp_pay", "hifob_pay", "hifmi_pay", "cvlserv_pay", "hifes_pay", "maf_pay", "oth_pay"]
 COMPARED = FUNDS + ["fund_pay_sumamt", "psn_part_amt", "acct_pay", "psn_cash_pay", "hosp_part_amt"]
-# Summary keys: where the insured lives (参保地), scheme, hospital level, med type, settlement month.
-KEYS = ["region", "insutype", "medins_lv", "med_type", "month"]
+# Summary keys: where the insured lives (参保地), scheme, the person's categories (psn_cats as given:
+# null for none), hospital level, med type, settlement month.
+KEYS = ["region", "insutype", "psn_cats", "medins_lv", "med_type", "month"]
+# Who gains: persons by where they are insured and their categories.
+GAIN_KEYS = ["region", "psn_cats"]
 # The layers the scheme's pooled fund finances, for the surplus ratios (assistance and the
 # civil-servant subsidy are separate budgets); --fund-layers changes it.
 DEFAULT_FUND_LAYERS = ["hifp_pay", "hifob_pay", "hifmi_pay"]
@@ -594,7 +597,7 @@ def _to_input_order(values: np.ndarray, order: np.ndarray) -> np.ndarray:
 
 
 def settle_partition(plan: Plan, visits: pa.Table, lines: pa.Table | None = None):
-    """(per-visit deltas, per-person totals, summary partial, gain histogram) of one partition.
+    """(per-visit deltas, per-person totals, summary partial, gain histogram, gains partial) of one partition.
 
     All of a person's visits are in ``visits``, in file order; row numbers of errors are the
     input file's. The visits are prepared once (Settler.prepare) and settled under each side."""
@@ -655,17 +658,20 @@ def settle_partition(plan: Plan, visits: pa.Table, lines: pa.Table | None = None
             old_p[k] = np.asarray(visits.column(f"old_{c}"), dtype=np.int64)[order]
     del buffer
     delta_p = new_p - old_p
-    persons = _person_totals(batch, delta_p)
+    region = (visits.column("insu_admdvs").fill_null(new_settler.pack.region) if "insu_admdvs" in visits.column_names
+              else pa.repeat(pa.scalar(new_settler.pack.region, pa.string()), n))
+    region = region.combine_chunks() if isinstance(region, pa.ChunkedArray) else region
+    psn_cats = (visits.column("psn_cats").combine_chunks() if "psn_cats" in visits.column_names
+                else pa.nulls(n, pa.string()))
+    persons = _person_totals(batch, delta_p, region, psn_cats)
     new_v = _to_input_order(new_p, order)
     del new_p
     old_v = _to_input_order(old_p, order)
     del old_p
     delta = _to_input_order(delta_p, order)
     del delta_p
-    region = (visits.column("insu_admdvs").fill_null(new_settler.pack.region) if "insu_admdvs" in visits.column_names
-              else pa.repeat(pa.scalar(new_settler.pack.region, pa.string()), n))
     cols = {"mdtrt_id": visits.column("mdtrt_id"), "psn_no": visits.column("psn_no"),
-            "insutype": visits.column("insutype"), "region": region,
+            "insutype": visits.column("insutype"), "region": region, "psn_cats": psn_cats,
             "medins_lv": visits.column("medins_lv"), "med_type": visits.column("med_type"),
             "month": _month(batch.setl), "row": visits.column(_ROW),
             "medfee_sumamt": pa.array(medfee),
@@ -676,7 +682,7 @@ def settle_partition(plan: Plan, visits: pa.Table, lines: pa.Table | None = None
         cols[f"new_{c}"] = pa.array(new_v[k])
         cols[f"delta_{c}"] = pa.array(delta[k])
     per_visit = pa.table(cols)
-    return per_visit, persons, summary_partial(per_visit), gain_histogram(persons)
+    return per_visit, persons, summary_partial(per_visit), gain_histogram(persons), gains_partial(persons)
 
 
 def _rank(strings: pa.Array) -> np.ndarray:
@@ -686,9 +692,10 @@ def _rank(strings: pa.Array) -> np.ndarray:
     return rank
 
 
-def _person_totals(batch, delta: np.ndarray) -> pa.Table:
+def _person_totals(batch, delta: np.ndarray, region: pa.Array, psn_cats: pa.Array) -> pa.Table:
     """person_totals from the prepared batch (visits grouped by person in processing order) and
-    the deltas (len(COMPARED), n) in processing order: no string grouping, no Python per person."""
+    the deltas (len(COMPARED), n) in processing order: no string grouping, no Python per person.
+    region, psn_cats: per visit in input order; a person's are those of their first visit."""
     n = batch.n
     if n == 0:
         return _empty_persons()
@@ -697,18 +704,20 @@ def _person_totals(batch, delta: np.ndarray) -> pa.Table:
     order = batch.order
     key = batch.psn_slot.astype(np.int64) * n_ins + ins_idx[order]
     if np.all(key[1:] >= key[:-1]):                # one scheme per person: already grouped
-        ks = key
+        ks, srt = key, order
     else:
         srt = np.argsort(key, kind="stable")
-        ks, delta = key[srt], np.take(delta, srt, axis=1)
+        ks, delta, srt = key[srt], np.take(delta, srt, axis=1), order[srt]
     starts = np.flatnonzero(np.concatenate(([True], ks[1:] != ks[:-1])))
     sums = np.add.reduceat(delta, starts, axis=1)
     changed = np.add.reduceat((delta[COMPARED.index("fund_pay_sumamt")] != 0).astype(np.int64), starts)
     visits = np.diff(np.append(starts, n))
     g_psn, g_ins = ks[starts] // n_ins, ks[starts] % n_ins
     final = np.lexsort((_rank(ins_dict)[g_ins], _rank(batch.psn_names)[g_psn]))
+    first_visit = pa.array(srt[starts][final])
     cols = {"psn_no": batch.psn_names.take(pa.array(g_psn[final])),
             "insutype": ins_dict.take(pa.array(g_ins[final])),
+            "region": region.take(first_visit), "psn_cats": psn_cats.take(first_visit),
             "visits": pa.array(visits[final].astype(np.int64)), "visits_changed": pa.array(changed[final])}
     for k, c in enumerate(COMPARED):
         cols[f"delta_{c}"] = pa.array(sums[k][final])
@@ -720,6 +729,7 @@ def _person_totals(batch, delta: np.ndarray) -> pa.Table:
 
 def _empty_persons() -> pa.Table:
     cols = {"psn_no": pa.array([], pa.string()), "insutype": pa.array([], pa.string()),
+            "region": pa.array([], pa.string()), "psn_cats": pa.array([], pa.string()),
             "visits": pa.array([], pa.int64()), "visits_changed": pa.array([], pa.int64())}
     cols.update({f"delta_{c}": pa.array([], pa.int64()) for c in COMPARED})
     cols.update({"owed": pa.array([], pa.int64()), "recovered": pa.array([], pa.int64())})
@@ -727,15 +737,19 @@ def _empty_persons() -> pa.Table:
 
 
 def person_totals(per_visit: pa.Table) -> pa.Table:
-    """Per person: visits, visits whose result changed, delta per fund, owed (补付) / recovered (追回).
+    """Per person: region and categories (of the first visit), visits, visits whose result changed,
+    delta per fund, owed (补付) / recovered (追回).
 
     Owed is what the patient paid too much (their share fell): -sum(delta psn_part_amt) when positive."""
     changed = pc.cast(pc.not_equal(per_visit.column("delta_fund_pay_sumamt"), 0), pa.int64())
-    t = per_visit.select(["psn_no", "insutype"] + [f"delta_{c}" for c in COMPARED]).append_column("changed", changed)
+    t = per_visit.select(["psn_no", "insutype", "region", "psn_cats"] + [f"delta_{c}" for c in COMPARED]
+                         ).append_column("changed", changed)
     g = t.group_by(["psn_no", "insutype"], use_threads=False).aggregate(
-        [("changed", "count"), ("changed", "sum")] + [(f"delta_{c}", "sum") for c in COMPARED])
+        [("region", "first"), ("psn_cats", "first"), ("changed", "count"), ("changed", "sum")]
+        + [(f"delta_{c}", "sum") for c in COMPARED])
     g = g.rename_columns(_renamed(g))
-    g = g.select(["psn_no", "insutype", "visits", "visits_changed"] + [f"delta_{c}" for c in COMPARED])
+    g = g.select(["psn_no", "insutype", "region", "psn_cats", "visits", "visits_changed"]
+                 + [f"delta_{c}" for c in COMPARED])
     net = -np.asarray(g.column("delta_psn_part_amt"))
     g = g.append_column("owed", pa.array(np.maximum(net, 0)))
     g = g.append_column("recovered", pa.array(np.maximum(-net, 0)))
@@ -749,8 +763,8 @@ def _renamed(g: pa.Table) -> list:
             names.append("visits")
         elif name == "changed_sum":
             names.append("visits_changed")
-        elif name.endswith("_sum"):
-            names.append(name[:-4])
+        elif name.endswith("_sum") or name.endswith("_first"):
+            names.append(name.rpartition("_")[0])
         else:
             names.append(name)
     return names
@@ -771,15 +785,28 @@ def summary_partial(per_visit: pa.Table) -> pa.Table:
     return combine_summaries([pa.table(cols)])
 
 
-def combine_summaries(parts: list) -> pa.Table:
+def combine_summaries(parts: list, keys=KEYS) -> pa.Table:
+    """Partial sums (summaries, or gains with GAIN_KEYS) added up by their keys."""
     parts = [p for p in parts if p is not None and p.num_rows]
     if not parts:
         return None
     t = pa.concat_tables(parts)
-    values = [c for c in t.column_names if c not in KEYS]
-    g = t.group_by(KEYS, use_threads=False).aggregate([(c, "sum") for c in values])
+    values = [c for c in t.column_names if c not in keys]
+    g = t.group_by(keys, use_threads=False).aggregate([(c, "sum") for c in values])
     g = g.rename_columns([c[:-4] if c.endswith("_sum") and c[:-4] in values else c for c in g.column_names])
-    return g.select(KEYS + values).sort_by([(k, "ascending") for k in KEYS])
+    return g.select(keys + values).sort_by([(k, "ascending") for k in keys])
+
+
+def gains_partial(persons: pa.Table) -> pa.Table:
+    """Who gains: by GAIN_KEYS, persons, persons owed and the sum owed (补付), persons recovered from
+    and the sum recovered (追回)."""
+    owed, recovered = np.asarray(persons.column("owed")), np.asarray(persons.column("recovered"))
+    t = pa.table({"region": persons.column("region"), "psn_cats": persons.column("psn_cats"),
+                  "persons": pa.array(np.ones(len(owed), np.int64)),
+                  "persons_owed": pa.array((owed > 0).astype(np.int64)), "owed": persons.column("owed"),
+                  "persons_recovered": pa.array((recovered > 0).astype(np.int64)),
+                  "recovered": persons.column("recovered")})
+    return combine_summaries([t], GAIN_KEYS)
 
 
 def gain_histogram(p: pa.Table) -> dict:
@@ -808,7 +835,7 @@ def add_histograms(hists: list) -> dict:
 # Output Parquet (measured in docs/resettle.md): integers delta-encoded without dictionaries (an
 # amount rarely repeats enough to pay for the hash; runs of zeros and the ascending row pack to
 # a few bits), the string keys with dictionaries, LZ4.
-_DICT_COLUMNS = ["insutype", "region", "medins_lv", "med_type", "old_version", "old_status", "new_version",
+_DICT_COLUMNS = ["insutype", "region", "psn_cats", "medins_lv", "med_type", "old_version", "old_status", "new_version",
                  "new_status"]
 
 
@@ -836,17 +863,17 @@ def _read_ipc(files, threads=True) -> pa.Table:
 
 def settle_part_files(plan: Plan, work: str, part: int, threads: bool = True) -> tuple:
     """Pass 2 for one partition, from its pass-1 files to its output parts. Returns the small
-    results (summary partial, histogram); the per-visit and per-person tables go to files."""
+    results (summary partial, histogram, gains partial); the per-visit and per-person tables go to files."""
     d = Path(work) / f"p{part:04d}"
     files = sorted(d.glob("c*.arrow")) if d.exists() else []
     if not files:
-        return None, add_histograms([])
+        return None, add_histograms([]), None
     visits = _read_ipc(files, threads)
     lines_path = Path(work) / f"lines-p{part:04d}.parquet"
     lines = pq.read_table(lines_path, use_threads=threads) if plan.lines and lines_path.exists() else None
     if plan.lines and lines is None:
         lines = _empty_lines()
-    per_visit, persons, summary, hist = settle_partition(plan, visits, lines)
+    per_visit, persons, summary, hist, gains = settle_partition(plan, visits, lines)
     del visits, lines
     out = Path(work) / "out"
     (out / "visits").mkdir(parents=True, exist_ok=True)
@@ -854,7 +881,7 @@ def settle_part_files(plan: Plan, work: str, part: int, threads: bool = True) ->
     pq.write_table(per_visit, out / "visits" / f"part-{part:04d}.parquet", **_write_options(per_visit, 256_000))
     del per_visit
     pq.write_table(persons, out / "persons" / f"part-{part:04d}.parquet", **_write_options(persons))
-    return summary, hist
+    return summary, hist, gains
 
 
 def _empty_lines():
@@ -871,6 +898,7 @@ class Outcome:
     histogram: dict
     rows: int
     partitions: int
+    gains: pa.Table | None = None      # who gains, by region and categories (GAIN_KEYS)
 
 
 def prepare_work(out_dir) -> tuple[Path, Path]:
@@ -881,15 +909,21 @@ def prepare_work(out_dir) -> tuple[Path, Path]:
     return out, work
 
 
-def finish(work: Path, out: Path, plan: Plan, summary: pa.Table, hist: dict, rows: int, n_parts: int,
-           report=None) -> Outcome:
-    """Write summary.parquet and meta, then move out/ into place (replacing an older run)."""
+def finish(work: Path, out: Path, plan: Plan, results: list, rows: int, n_parts: int, report=None) -> Outcome:
+    """Combine the partitions' small results (summary, histogram, gains), write summary.parquet,
+    gains.parquet and meta, then move out/ into place (replacing an older run)."""
+    summary = combine_summaries([r[0] for r in results])
+    hist = add_histograms([r[1] for r in results])
+    gains = combine_summaries([r[2] for r in results], GAIN_KEYS)
     final = work / "out"
     (final / "visits").mkdir(parents=True, exist_ok=True)
     (final / "persons").mkdir(parents=True, exist_ok=True)
     if summary is None:
         summary = empty_summary()
+    if gains is None:
+        gains = empty_gains()
     pq.write_table(summary, final / "summary.parquet")
+    pq.write_table(gains, final / "gains.parquet")
     (final / "meta.json").write_text(json.dumps({"plan": plan.as_dict(), "rows": rows, "partitions": n_parts,
                                                  "histogram": hist}, indent=1, default=str))
     if report is not None:
@@ -898,7 +932,13 @@ def finish(work: Path, out: Path, plan: Plan, summary: pa.Table, hist: dict, row
         shutil.rmtree(out)
     final.replace(out)
     shutil.rmtree(work, ignore_errors=True)
-    return Outcome(out, summary, hist, rows, n_parts)
+    return Outcome(out, summary, hist, rows, n_parts, gains)
+
+
+def empty_gains() -> pa.Table:
+    return gains_partial(_empty_persons()) or pa.table(
+        {"region": pa.array([], pa.string()), "psn_cats": pa.array([], pa.string())}
+        | {c: pa.array([], pa.int64()) for c in ("persons", "persons_owed", "owed", "persons_recovered", "recovered")})
 
 
 def empty_summary() -> pa.Table:
@@ -1047,9 +1087,7 @@ def resettle(plan: Plan, out_dir, progress=None, report=None) -> Outcome:
             task = progress.add_task(f"settle old and new, {n_parts} partitions", total=n_parts) if progress else None
             results = run_tasks(pool, _settle_and_clean, [(plan, str(work), p, threads) for p in range(n_parts)],
                                 (lambda: progress.update(task, advance=1)) if progress else None)
-        summaries = [s for s, _ in results]
-        hists = [h for _, h in results]
-        return finish(work, out, plan, combine_summaries(summaries), add_histograms(hists), n_rows, n_parts, report)
+        return finish(work, out, plan, results, n_rows, n_parts, report)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -1057,7 +1095,7 @@ def resettle(plan: Plan, out_dir, progress=None, report=None) -> Outcome:
 
 def resettle_tables(new, visits: pa.Table, old=None, old_results: pa.Table | None = None,
                     lines: pa.Table | None = None):
-    """In memory, for a table that fits: (per-visit, per-person, summary, histogram).
+    """In memory, for a table that fits: (per-visit, per-person, summary, histogram, gains).
 
     new/old: PolicySpec. old_results: a results table row for row with visits (instead of old)."""
     plan = Plan(visits="<table>", new=new, old=old, old_results="<table>" if old_results is not None else None,
@@ -1131,6 +1169,8 @@ def add_subcommands(sub) -> None:
     r.add_argument("--carried-surplus", type=yuan_arg(signed=True), default=0,
                    help="accumulated balance at the start of the year, yuan (negative: a deficit carried)")
     r.add_argument("--enrollees", type=int, help="persons enrolled: benefit coverage (person-times / enrollees)")
+    r.add_argument("--region", help="region.json of `medsettle synth`: county names, enrollees per county (coverage "
+                   "by county) and, unless given, --enrollees and --fund-income")
     r.add_argument("--fund-layers", default=",".join(DEFAULT_FUND_LAYERS),
                    help="fund columns the pooled fund pays, for the surplus (default %(default)s)")
     r.add_argument("--scheduler", help="Dask scheduler address (tcp://host:8786), or 'local' for a LocalCluster")
@@ -1182,8 +1222,12 @@ def cmd_resettle(args) -> int:
     from .cli import _phases, console, err
     from . import report as rep
     plan = plan_from_args(args)
-    funding = rep.Funding(income=args.fund_income, carried=args.carried_surplus,
-                          enrollees=args.enrollees, layers=plan.fund_layers)
+    region = rep.read_region(args.region) if args.region else {"counties": [], "enrollees": None, "fund_income_yuan": None}
+    income = args.fund_income
+    if income is None and region["fund_income_yuan"] is not None:
+        income = yuan_arg()(str(region["fund_income_yuan"]))
+    funding = rep.Funding(income=income, carried=args.carried_surplus, enrollees=args.enrollees or region["enrollees"],
+                          layers=plan.fund_layers, counties=region["counties"])
     kinds = {"html": ["html"], "png": ["png"], "both": ["html", "png"], "none": []}[args.report]
 
     def write_report(final: Path):

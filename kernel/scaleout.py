@@ -19,9 +19,8 @@ import shutil
 
 import pyarrow as pa
 
-from .resettle import (Plan, _carried, _raise_carried, _settle_and_clean, add_histograms, check_plan,
-                       check_visit_ids, combine_summaries, finish, partition_chunk, partition_lines, prepare_work,
-                       raise_repeated_visit_id)
+from .resettle import (Plan, _carried, _raise_carried, _settle_and_clean, check_plan, check_visit_ids, finish,
+                       partition_chunk, partition_lines, prepare_work, raise_repeated_visit_id)
 
 
 def _pass1(plan, work, chunk, n_parts, index):
@@ -101,10 +100,9 @@ def resettle_dask(plan: Plan, out_dir, scheduler="local", n_workers=2, progress=
         task = progress.add_task(f"settle old and new, {n_parts} partitions", total=n_parts) if progress else None
         futures = [client.submit(_pass2, plan, str(work), p, pure=False) for p in range(n_parts)]
         _all_done(futures, progress, task)
-        results = {p: _raise_carried(f.result()) for p, f in enumerate(futures)}
-        summaries = [_aligned(results[p][0]) for p in range(n_parts)]
-        hists = [results[p][1] for p in range(n_parts)]
-        return finish(work, out, plan, combine_summaries(summaries), add_histograms(hists), n_rows, n_parts, report)
+        results = [_raise_carried(f.result()) for f in futures]
+        results = [(_aligned(summary), hist, _aligned(gains)) for summary, hist, gains in results]
+        return finish(work, out, plan, results, n_rows, n_parts, report)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

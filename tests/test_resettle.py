@@ -122,6 +122,45 @@ def test_fund_income_with_three_decimals_is_refused(c_file, tmp_path, capsys):
     assert "--fund-income" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
+def test_who_gains_by_region_and_category_with_a_region_file(tmp_path, capsys):
+    """Example C for two farmers: P3 insured in county B without a category, P4 in county I, a veteran
+    (no rule of the sample pack treats veterans differently: the same figures). Each is owed
+    129,636.80; person-times compensated: C1 and C3 before (C2: cap spent), all three after."""
+    rows = ([dict(v, mdtrt_id=f"{v['mdtrt_id']}-3", psn_no="P3", insu_admdvs="530321", psn_cats=None) for v in example_c()]
+            + [dict(v, mdtrt_id=f"{v['mdtrt_id']}-4", psn_no="P4", insu_admdvs="530382", psn_cats="veteran")
+               for v in example_c()])
+    path = tmp_path / "c2.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    region = tmp_path / "region.json"
+    region.write_text(json.dumps({"counties": [{"code": "530321", "name": "county B", "enrollees": 4},
+                                               {"code": "530382", "name": "county I", "enrollees": 2}],
+                                  "enrollees": 6, "fund_income_yuan": 1_000_000}))
+    out = tmp_path / "out"
+    assert main(["resettle", str(path), "--new-pack", DRAFT, "--out", str(out), "--region", str(region),
+                 "--report", "html"]) == 0
+    persons = {r["psn_no"]: r for r in pq.read_table(out / "persons").to_pylist()}
+    assert (persons["P3"]["region"], persons["P3"]["psn_cats"], persons["P3"]["owed"]) == ("530321", None, 129_636_80)
+    assert (persons["P4"]["region"], persons["P4"]["psn_cats"], persons["P4"]["owed"]) == ("530382", "veteran", 129_636_80)
+    gains = pq.read_table(out / "gains.parquet").to_pylist()
+    assert [(g["region"], g["psn_cats"], g["persons"], g["persons_owed"], g["owed"], g["recovered"]) for g in gains] == [
+        ("530321", None, 1, 1, 129_636_80, 0), ("530382", "veteran", 1, 1, 129_636_80, 0)]
+    summary = pq.read_table(out / "summary.parquet")
+    veteran = summary.filter(pc.equal(summary.column("psn_cats"), "veteran"))
+    assert pc.sum(veteran.column("delta_fund_pay_sumamt")).as_py() == 129_636_80
+    printed = capsys.readouterr().out
+    for line_start, figures in (("│ 530321", ["1", "129,636.80"]), ("│ 530382", ["1", "129,636.80"]),
+                                ("│ veteran", ["1", "129,636.80"]), ("│ none", ["1", "129,636.80"])):
+        line = next(x for x in printed.splitlines() if x.startswith(line_start) and "%" not in x)
+        assert all(f in line for f in figures), line
+    # coverage per county: 2 / 4 enrollees = 50% before, 3 / 4 = 75% after; county I 2 / 2, 3 / 2
+    assert "50% → 75%" in printed and "100% → 150%" in printed
+    # income from the region file: spent before 2 x 313,376.00 = 626,752.00 -> (1,000,000 - 626,752) / 1,000,000
+    # = 37.32%; after 2 x 443,012.80 = 886,025.60 -> 11.39% (bp rounded down)
+    assert "37.32%" in printed and "11.39%" in printed
+    html = (out / "report.html").read_text()
+    assert "530382 county I" in html and "who gains, by category" in html
+
+
 def test_example_c_cli_draft_pack(c_file, tmp_path):
     """基金测算: the draft (cap removed from 1 January) costed before enactment."""
     out = tmp_path / "out"
@@ -148,6 +187,27 @@ def test_draft_pack_versions():
     assert [v.id for v in rural.versions] == ["draft-2013-nocap"]
     assert rural.versions[0].serious_illness.cap is None
     assert rural.versions[0].effective_from == dt.date(2013, 1, 1)
+
+
+def test_ratio_draft_pack():
+    """The second shipped draft: inpatient ratios township 100%, county 90% (from 95%, 85%), city as
+    enacted, for the whole year. Hand computed (SETTLEMENT.md section 8's pack, class A only):
+    county, 20,000.00 in June: deductible 300; basic 85% x 19,700 = 16,745.00 -> 90% = 17,730.00 (+985.00);
+    serious illness 50% of the in-scope self-pay 3,255.00 = 1,627.50 -> of 2,270.00 = 1,135.00 (-492.50);
+    township, 5,000.00 in September: deductible 100; 95% x 4,900 = 4,655.00 -> 4,900.00 (+245.00);
+    city, 5,000.00: 65% either way."""
+    draft = str(shipped_pack_path("sample_rural_draft_ratio"))
+    (rural,) = load_policy(draft).schemes
+    assert [(v.id, v.serious_illness.cap) for v in rural.versions] == [("draft-ratio-2013-h1", 250_000 * Y),
+                                                                      ("draft-ratio-2013-aug", None)]
+    rows = [dict(c_visit("V2", (2013, 6, 15), 20_000, psn_no="P2"), medins_lv="2", dise_codg="K29.700"),
+            dict(c_visit("V1", (2013, 9, 10), 5_000, psn_no="P1"), medins_lv="1", dise_codg="K29.700"),
+            dict(c_visit("V3", (2013, 3, 1), 5_000, psn_no="P3"), dise_codg="K29.700")]
+    per_visit, persons, *_ = resettle_tables(PolicySpec(draft), pa.Table.from_pylist(rows), old=PolicySpec())
+    got = {r["mdtrt_id"]: (r["delta_hifp_pay"], r["delta_hifmi_pay"], r["delta_fund_pay_sumamt"])
+           for r in per_visit.to_pylist()}
+    assert got == {"V2": (985_00, -492_50, 492_50), "V1": (245_00, 0, 245_00), "V3": (0, 0, 0)}
+    assert {r["psn_no"]: r["owed"] for r in persons.to_pylist()} == {"P1": 245_00, "P2": 492_50, "P3": 0}
 
 
 # --- identities on generated visits -----------------------------------------------------------
@@ -257,7 +317,7 @@ def test_prepared_once_settles_as_settle_table(generated, raised):
 
 def test_person_totals_from_the_batch_equal_the_group_by(generated, raised):
     from kernel.resettle import person_totals
-    per_visit, persons, _, _ = resettle_tables(PolicySpec(raised), pq.read_table(generated), old=PolicySpec())
+    per_visit, persons, *_ = resettle_tables(PolicySpec(raised), pq.read_table(generated), old=PolicySpec())
     assert persons.equals(person_totals(per_visit))
 
 
