@@ -441,34 +441,85 @@ def _values_at_rows(path: str, column: str, rows: np.ndarray) -> list:
     return values
 
 
-def check_visit_ids(plan: Plan, work: str, bucket: int, n_buckets: int):
-    """A visit id (mdtrt_id) repeated anywhere in the file, among the ids of one hash bucket:
-    (row of the repeat, row of the first, id) of the earliest repeat in the file, or None.
-    Repeated hashes are compared as strings (read from the input for those rows only)."""
+def _bucket_of(h: np.ndarray, n_buckets: int) -> np.ndarray:
+    """The hash bucket of every hash (_bucket_bounds' ranges)."""
+    lows = np.array([_bucket_bounds(b, n_buckets)[0] for b in range(1, n_buckets)], dtype=np.uint64)
+    return np.searchsorted(lows, h, side="right").astype(np.int32)
+
+
+def check_bucket(plan: Plan, work: str, bucket: int, n_buckets: int) -> dict:
+    """One hash bucket of visit ids (mdtrt_id), from every run of the visits and of the line items:
+
+    - "repeat": (row of the repeat, row of the first, id) of the earliest visit id repeated anywhere in
+      the file, or None; repeated hashes are compared as strings (read from the input for those rows);
+    - "orphan": (line, id) of the earliest line item whose visit is not in the visits, or None;
+    - the bucket's line items are written to their visit's partition (work/pNNNN/lBBBBB.arrow)."""
     ids = _bucket_ids(work, bucket, n_buckets)
     h = ids["hash"]
     same = np.flatnonzero(h[1:] == h[:-1]) if h.size > 1 else np.zeros(0, np.int64)
-    if not same.size:
+    found, value_at = None, {}
+    if same.size:
+        candidates = np.unique(np.concatenate([same, same + 1]))
+        rows = ids["row"][candidates]
+        value_at = dict(zip(candidates.tolist(), _values_at_rows(plan.visits, "mdtrt_id", rows)))
+        first_by_value = {}
+        for row, value in sorted((int(ids["row"][k]), v) for k, v in value_at.items()):
+            if value in first_by_value:
+                if found is None or row < found[0]:
+                    found = (row, first_by_value[value], value)
+            else:
+                first_by_value[value] = row
+    orphan = _route_lines(work, bucket, ids, value_at) if plan.lines else None
+    return {"repeat": found, "orphan": orphan}
+
+
+def _route_lines(work: str, bucket: int, ids: dict, value_at: dict):
+    """The bucket's line items to their visit's partition; (line, id) of the earliest without a visit."""
+    files = sorted((Path(work) / f"lb{bucket:04d}").glob("c*.arrow"))
+    if not files:
         return None
-    candidates = np.unique(np.concatenate([same, same + 1]))
-    rows = ids["row"][candidates]
-    first_by_value, found = {}, None
-    for row, value in sorted(zip(rows.tolist(), _values_at_rows(plan.visits, "mdtrt_id", rows))):
-        if value in first_by_value:
-            if found is None or row < found[0]:
-                found = (row, first_by_value[value], value)
-        else:
-            first_by_value[value] = row
-    return found
+    lines = _read_ipc(files, threads=False)
+    lh = np.asarray(lines.column("_hash"))
+    h = ids["hash"]
+    pos = np.minimum(np.searchsorted(h, lh), max(len(h) - 1, 0))
+    known = (h[pos] == lh) if len(h) else np.zeros(len(lh), bool)
+    part = ids["part"][pos] if len(h) else np.zeros(len(lh), np.int32)
+    if value_at:
+        # two visit ids with one hash (or one id twice, refused anyway): the line goes by its string
+        collided = np.unique(h[list(value_at)])
+        for k in np.flatnonzero(np.isin(lh, collided)).tolist():
+            line_id = lines.column("mdtrt_id")[k].as_py()
+            match = [j for j, v in value_at.items() if h[j] == lh[k] and v == line_id]
+            known[k] = bool(match)
+            part[k] = ids["part"][match[0]] if match else part[k]
+    if not known.all():
+        k = int(np.flatnonzero(~known)[0])
+        return int(lines.column(_LINE)[k].as_py()), lines.column("mdtrt_id")[k].as_py()
+    lines = lines.drop_columns(["_hash"])
+    order = np.argsort(part, kind="stable")
+    bounds = np.searchsorted(part[order], np.arange(int(part.max(initial=0)) + 2))
+    lines = lines.take(pa.array(order))
+    for p in np.unique(part).tolist():
+        piece = lines.slice(bounds[p], bounds[p + 1] - bounds[p])
+        d = Path(work) / f"p{p:04d}"
+        d.mkdir(parents=True, exist_ok=True)
+        with pa.ipc.new_file(d / f"l{bucket:05d}.arrow", piece.schema, options=_IPC_WRITE) as w:
+            w.write_table(piece)
+    return None
 
 
-def raise_repeated_visit_id(found: list, source: str) -> None:
-    """The earliest repeat over every bucket (the same error whatever the partition count)."""
-    found = [f for f in found if f is not None]
-    if found:
-        row, first, value = min(found)
+def raise_bucket_errors(results: list, plan: Plan) -> None:
+    """The earliest repeated visit id over every bucket, then the earliest line item of no visit
+    (the same errors whatever the partition count)."""
+    repeats = [r["repeat"] for r in results if r["repeat"] is not None]
+    if repeats:
+        row, first, value = min(repeats)
         raise InputError("mdtrt_id", f"duplicate visit id (the same as row {first})", value,
-                         row=row, source=source)
+                         row=row, source=str(plan.visits))
+    orphans = [r["orphan"] for r in results if r["orphan"] is not None]
+    if orphans:
+        line, value = min(orphans)
+        raise InputError("mdtrt_id", "line of a visit not in the visits", value, line=line, source=str(plan.lines))
 
 
 def _attach_old(table: pa.Table, results_path: str, first_row: int, source: str) -> pa.Table:
@@ -496,38 +547,31 @@ def _attach_old(table: pa.Table, results_path: str, first_row: int, source: str)
     return table
 
 
-def partition_lines(plan: Plan, work: str, n_parts: int, progress=None) -> None:
-    """Line items follow their visit's person: lines/pNNNN.parquet, each line numbered in the file."""
-    ids = pq.read_table(plan.visits, columns=["mdtrt_id", "psn_no"])
-    part = partition_of(ids.column("psn_no"), n_parts)
-    visit_ids = ids.column("mdtrt_id").combine_chunks()
-    del ids
-    f = pq.ParquetFile(plan.lines)
-    writers = {}
-    first = 0
-    try:
-        for batch in f.iter_batches(batch_size=1_000_000):
-            t = pa.Table.from_batches([batch])
-            cols = _check_columns(t, LINE_FIELDS, first + 1, str(plan.lines))
-            where = np.asarray(pc.index_in(cols["mdtrt_id"], value_set=visit_ids).fill_null(-1), dtype=np.int64)
-            bad = np.flatnonzero(where < 0)
-            if bad.size:
-                i = int(bad[0])
-                raise InputError("mdtrt_id", "line of a visit not in the visits", cols["mdtrt_id"][i].as_py(),
-                                 line=first + i + 1, source=str(plan.lines))
-            t = pa.table({**cols, _LINE: pa.array(np.arange(first + 1, first + t.num_rows + 1))})
-            lp = part[where]
-            for p in np.unique(lp):
-                piece = t.filter(pa.array(lp == p))
-                if p not in writers:
-                    writers[p] = pq.ParquetWriter(Path(work) / f"lines-p{p:04d}.parquet", piece.schema)
-                writers[p].write_table(piece)
-            first += t.num_rows
-            if progress:
-                progress()
-    finally:
-        for w in writers.values():
-            w.close()
+def split_lines_chunk(plan: Plan, work: str, chunk: tuple, n_buckets: int, index: int, threads: bool = True) -> int:
+    """Line items, one run of row groups: check the columns, number each line in the file and write
+    it to the hash bucket of its visit id (work/lbBBBB/cNNNNN.arrow), where check_bucket finds its
+    visit's partition. Line items thus follow their visit's person without any process holding
+    every visit id. Returns the run's line count."""
+    g0, g1, first = chunk
+    src = str(plan.lines)
+    table = pq.ParquetFile(plan.lines).read_row_groups(list(range(g0, g1)), use_threads=threads)
+    n = table.num_rows
+    cols = _check_columns(table, LINE_FIELDS, first + 1, src)
+    del table
+    h = hash_strings(cols["mdtrt_id"])
+    table = pa.table({**cols, _LINE: pa.array(np.arange(first + 1, first + n + 1, dtype=np.int64)), "_hash": h})
+    bucket = _bucket_of(h, n_buckets)
+    order = np.argsort(bucket, kind="stable")
+    bounds = np.searchsorted(bucket[order], np.arange(n_buckets + 1))
+    table = table.take(pa.array(order))
+    for b in range(n_buckets):
+        if bounds[b + 1] > bounds[b]:
+            d = Path(work) / f"lb{b:04d}"
+            d.mkdir(parents=True, exist_ok=True)
+            piece = table.slice(bounds[b], bounds[b + 1] - bounds[b])
+            with pa.ipc.new_file(d / f"c{index:05d}.arrow", piece.schema, options=_IPC_WRITE) as w:
+                w.write_table(piece)
+    return n
 
 
 # --- pass 2: settle a partition, old and new ------------------------------------------------
@@ -869,10 +913,10 @@ def settle_part_files(plan: Plan, work: str, part: int, threads: bool = True) ->
     if not files:
         return None, add_histograms([]), None
     visits = _read_ipc(files, threads)
-    lines_path = Path(work) / f"lines-p{part:04d}.parquet"
-    lines = pq.read_table(lines_path, use_threads=threads) if plan.lines and lines_path.exists() else None
-    if plan.lines and lines is None:
-        lines = _empty_lines()
+    lines = None
+    if plan.lines:
+        line_files = sorted(d.glob("l*.arrow"))
+        lines = _read_ipc(line_files, threads).sort_by(_LINE) if line_files else _empty_lines()
     per_visit, persons, summary, hist, gains = settle_partition(plan, visits, lines)
     del visits, lines
     out = Path(work) / "out"
@@ -1017,6 +1061,17 @@ def _settle_and_clean(plan, work, part, threads=True):
     return result
 
 
+def _check_and_clean(plan, work, bucket, n_buckets):
+    result = check_bucket(plan, work, bucket, n_buckets)
+    shutil.rmtree(Path(work) / f"lb{bucket:04d}", ignore_errors=True)
+    return result
+
+
+def line_chunks(plan: Plan) -> list:
+    """Runs of the line items' row groups, one task each (as many lines a run as visits a partition)."""
+    return chunks_of(plan.lines, max(1, plan.partition_rows)) if plan.lines else []
+
+
 def run_tasks(pool, fn, tasks: list, advance=None) -> list:
     """fn(*args) for every args in tasks, in the pool (or here, in order, when pool is None).
     Results in task order. An InputError is raised for the first failing task in task order (the
@@ -1076,14 +1131,15 @@ def resettle(plan: Plan, out_dir, progress=None, report=None) -> Outcome:
             task = progress.add_task(label, total=len(chunks)) if progress else None
             run_tasks(pool, partition_chunk, [(plan, str(work), c, n_parts, k, threads) for k, c in enumerate(chunks)],
                       (lambda: progress.update(task, advance=1)) if progress else None)
-            task = progress.add_task("check visit ids across persons", total=n_parts) if progress else None
-            raise_repeated_visit_id(run_tasks(pool, check_visit_ids, [(plan, str(work), b, n_parts) for b in range(n_parts)],
-                                              (lambda: progress.update(task, advance=1)) if progress else None),
-                                    str(plan.visits))
             if plan.lines:
-                lt = progress.add_task("split line items", total=None) if progress else None
-                partition_lines(plan, str(work), n_parts,
-                                (lambda: progress.update(lt, advance=1)) if progress else None)
+                lines = line_chunks(plan)
+                task = progress.add_task("split line items by visit", total=len(lines)) if progress else None
+                run_tasks(pool, split_lines_chunk, [(plan, str(work), c, n_parts, k, threads) for k, c in enumerate(lines)],
+                          (lambda: progress.update(task, advance=1)) if progress else None)
+            label = "check visit ids" + (", route lines" if plan.lines else "")
+            task = progress.add_task(label, total=n_parts) if progress else None
+            raise_bucket_errors(run_tasks(pool, _check_and_clean, [(plan, str(work), b, n_parts) for b in range(n_parts)],
+                                          (lambda: progress.update(task, advance=1)) if progress else None), plan)
             task = progress.add_task(f"settle old and new, {n_parts} partitions", total=n_parts) if progress else None
             results = run_tasks(pool, _settle_and_clean, [(plan, str(work), p, threads) for p in range(n_parts)],
                                 (lambda: progress.update(task, advance=1)) if progress else None)

@@ -19,8 +19,8 @@ import shutil
 
 import pyarrow as pa
 
-from .resettle import (Plan, _carried, _raise_carried, _settle_and_clean, check_plan, check_visit_ids, finish,
-                       partition_chunk, partition_lines, prepare_work, raise_repeated_visit_id)
+from .resettle import (Plan, _carried, _check_and_clean, _raise_carried, _settle_and_clean, check_plan, finish,
+                       line_chunks, partition_chunk, prepare_work, raise_bucket_errors, split_lines_chunk)
 
 
 def _pass1(plan, work, chunk, n_parts, index):
@@ -90,13 +90,19 @@ def resettle_dask(plan: Plan, out_dir, scheduler="local", n_workers=2, progress=
         _all_done(futures, progress, task)
         for f in futures:               # the first bad chunk in file order: the single-process error
             _raise_carried(f.result())
-        task = progress.add_task("check visit ids across persons", total=n_parts) if progress else None
-        futures = [client.submit(_carried, check_visit_ids, plan, str(work), b, n_parts, pure=False)
+        if plan.lines:
+            lines = line_chunks(plan)
+            task = progress.add_task(f"split line items by visit ({len(lines)} tasks)", total=len(lines)) if progress else None
+            futures = [client.submit(_carried, split_lines_chunk, plan, str(work), c, n_parts, k, False, pure=False)
+                       for k, c in enumerate(lines)]
+            _all_done(futures, progress, task)
+            for f in futures:
+                _raise_carried(f.result())
+        task = progress.add_task("check visit ids" + (", route lines" if plan.lines else ""), total=n_parts) if progress else None
+        futures = [client.submit(_carried, _check_and_clean, plan, str(work), b, n_parts, pure=False)
                    for b in range(n_parts)]
         _all_done(futures, progress, task)
-        raise_repeated_visit_id([_raise_carried(f.result()) for f in futures], str(plan.visits))
-        if plan.lines:
-            partition_lines(plan, str(work), n_parts)
+        raise_bucket_errors([_raise_carried(f.result()) for f in futures], plan)
         task = progress.add_task(f"settle old and new, {n_parts} partitions", total=n_parts) if progress else None
         futures = [client.submit(_pass2, plan, str(work), p, pure=False) for p in range(n_parts)]
         _all_done(futures, progress, task)

@@ -304,6 +304,59 @@ def test_worker_processes_give_the_same_outputs(generated, tmp_path):
     assert runs[0].summary.equals(runs[1].summary) and runs[0].histogram == runs[1].histogram
 
 
+@pytest.fixture(scope="module")
+def with_lines(tmp_path_factory):
+    """8,000 generated visits with their line items (lines in row groups of 5,000)."""
+    from kernel.region import write_region
+    from kernel.api import Settler
+    s = Settler.from_files()
+    d = tmp_path_factory.mktemp("region-lines")
+    write_region(s.pack, s.catalogue, d, n_visits=8_000, seed=6, amounts="lines", row_group_size=5_000)
+    return d / "visits.parquet", d / "lines.parquet"
+
+
+def test_line_items_follow_their_visits_whatever_the_partitions(with_lines, raised, tmp_path):
+    """Line items routed to their visit's partition through the visit-id buckets: the same outputs
+    with 1 or 3 partitions, in 1 or 2 processes, as the in-memory run."""
+    visits, lines = with_lines
+    runs = []
+    for k, (parts, processes) in enumerate(((1, 1), (3, 1), (3, 2))):
+        plan = Plan(visits=str(visits), lines=str(lines), new=PolicySpec(raised), old=PolicySpec(),
+                    n_partitions=parts, partition_rows=3_000, processes=processes)
+        runs.append(resettle(plan, tmp_path / f"o{k}"))
+        assert runs[-1].partitions == parts
+    tables = [pq.read_table(tmp_path / f"o{k}" / "visits").sort_by("row") for k in range(3)]
+    assert tables[0].equals(tables[1]) and tables[0].equals(tables[2])
+    assert pc.sum(tables[0].column("delta_fund_pay_sumamt")).as_py() > 0
+    mem, *_ = resettle_tables(PolicySpec(raised), pq.read_table(visits), old=PolicySpec(), lines=pq.read_table(lines))
+    assert mem.sort_by("row").column("delta_fund_pay_sumamt").equals(tables[0].column("delta_fund_pay_sumamt"))
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_refuses_line_of_no_visit_and_bad_line(with_lines, tmp_path, processes):
+    """A line item whose visit is not in the visits, and a line whose amount is not cnt x pric: the
+    line's number in the lines file is named (across row groups and partitions), nothing is left."""
+    from kernel.errors import InputError
+    visits, lines = with_lines
+    t = pq.read_table(lines)
+    ids = t.column("mdtrt_id").to_pylist()
+    ids[12_345] = "NO-SUCH-VISIT"
+    orphan = tmp_path / "orphan.parquet"
+    pq.write_table(t.set_column(0, "mdtrt_id", pa.array(ids)), orphan, row_group_size=5_000)
+    amounts = t.column("det_item_fee_sumamt").to_pylist()
+    amounts[23_456] += 1
+    wrong = tmp_path / "wrong.parquet"
+    pq.write_table(t.set_column(t.schema.get_field_index("det_item_fee_sumamt"), "det_item_fee_sumamt",
+                                pa.array(amounts)), wrong, row_group_size=5_000)
+    for path, line, field in ((orphan, 12_346, "mdtrt_id"), (wrong, 23_457, "det_item_fee_sumamt")):
+        plan = Plan(visits=str(visits), lines=str(path), new=PolicySpec(None, "2013-aug"), old=PolicySpec(),
+                    n_partitions=3, partition_rows=3_000, processes=processes)
+        with pytest.raises(InputError) as e:
+            resettle(plan, tmp_path / "out")
+        assert (e.value.field, e.value.line, e.value.source) == (field, line, str(path))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["orphan.parquet", "wrong.parquet"]
+
+
 def test_prepared_once_settles_as_settle_table(generated, raised):
     """Settler.prepare + settle_prepared (one preparation, two packs) is settle_table, for each pack."""
     table = pq.read_table(generated).slice(0, 6_000)
