@@ -53,7 +53,7 @@ def test_calibrated_figures(region):
 
 
 def test_very_high_cost_stays(region):
-    """1 enrollee in 20,000: round(36,232 / 20,000) = 2 stays at a city hospital, one in each half of
+    """1 enrollee in 20,000: round(36,181 / 20,000) = 2 stays at a city hospital, one in each half of
     the year, 450,000-700,000 yuan in scope (line items: quantities are whole, so within 1%)."""
     _, meta, v, r = region
     fee, inscp = np.asarray(r.column("medfee_sumamt")), np.asarray(r.column("inscp_scp_amt"))
