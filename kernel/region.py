@@ -184,6 +184,13 @@ def chunk_visits(pack, catalogue, county: int, chunk: int, n_visits: int, n_pers
     return visits, lines, drawn
 
 
+def county_visits(pack, catalogue, county: int, n_visits: int, n_persons: int, seed: int, amounts="lines"):
+    """(visits, lines or None) of one county drawn in one piece, calibrated, without very-high-cost stays
+    (server/loadtest.py draws its visits so)."""
+    visits, lines, _ = chunk_visits(pack, catalogue, county, 0, n_visits, n_persons, [], seed, amounts)
+    return visits, lines
+
+
 def _calibrate_precomputed(cols: dict, inp: np.ndarray, high: np.ndarray, target: np.ndarray) -> None:
     """INSCOPE_TO_SELFPAY of each admission's in-scope amount to class C; the high-cost stays' in-scope
     parts (and class B pre-pay) scaled to their target in scope (medfee_sumamt: the sum of the parts)."""

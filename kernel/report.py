@@ -136,8 +136,8 @@ def by_dimension(summary: pa.Table, key: str, title: str, names: Names | None = 
     g = summary.group_by([key]).aggregate([(c, "sum") for c in ("visits", "medfee_sumamt", "old_fund_pay_sumamt",
                                                                "new_fund_pay_sumamt", "delta_fund_pay_sumamt")])
     g = g.sort_by(key)
-    table = _table(title, KEY_HEADERS.get(key, key), (["total cost"] if full else []) + ["funds old", "funds new", "delta"],
-                   ["visits"] if full else [], ["comp. ratio old → new"])
+    money = (["total cost"] if full else []) + ["funds old", "funds new", "delta"]
+    table = _table(title, KEY_HEADERS.get(key, key), money, ["visits"] if full else [], ["comp. ratio old → new"])
     for r in g.to_pylist():
         cost = r["medfee_sumamt_sum"]
         money = ([fen(cost)] if full else []) + [fen(r["old_fund_pay_sumamt_sum"]), fen(r["new_fund_pay_sumamt_sum"]),
@@ -206,7 +206,8 @@ def _gain_columns(title: str, label: str) -> Table:
     t = Table(title=title, title_justify="left")
     t.add_column(label, justify="left", ratio=1, overflow="fold")
     for c in ("persons gaining", "owed (补付)", "persons losing", "recovered (追回)"):
-        t.add_column(c, justify="right", no_wrap=c.startswith(("owed", "recovered")), max_width=9 if "persons" in c else None)
+        persons = c.startswith("persons")
+        t.add_column(c, justify="right", no_wrap=not persons, max_width=9 if persons else None)
     return t
 
 

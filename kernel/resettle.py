@@ -1134,12 +1134,14 @@ def resettle(plan: Plan, out_dir, progress=None, report=None) -> Outcome:
             if plan.lines:
                 lines = line_chunks(plan)
                 task = progress.add_task("split line items by visit", total=len(lines)) if progress else None
-                run_tasks(pool, split_lines_chunk, [(plan, str(work), c, n_parts, k, threads) for k, c in enumerate(lines)],
+                run_tasks(pool, split_lines_chunk,
+                          [(plan, str(work), c, n_parts, k, threads) for k, c in enumerate(lines)],
                           (lambda: progress.update(task, advance=1)) if progress else None)
             label = "check visit ids" + (", route lines" if plan.lines else "")
             task = progress.add_task(label, total=n_parts) if progress else None
-            raise_bucket_errors(run_tasks(pool, _check_and_clean, [(plan, str(work), b, n_parts) for b in range(n_parts)],
-                                          (lambda: progress.update(task, advance=1)) if progress else None), plan)
+            checked = run_tasks(pool, _check_and_clean, [(plan, str(work), b, n_parts) for b in range(n_parts)],
+                                (lambda: progress.update(task, advance=1)) if progress else None)
+            raise_bucket_errors(checked, plan)
             task = progress.add_task(f"settle old and new, {n_parts} partitions", total=n_parts) if progress else None
             results = run_tasks(pool, _settle_and_clean, [(plan, str(work), p, threads) for p in range(n_parts)],
                                 (lambda: progress.update(task, advance=1)) if progress else None)
@@ -1278,7 +1280,8 @@ def cmd_resettle(args) -> int:
     from .cli import _phases, console, err
     from . import report as rep
     plan = plan_from_args(args)
-    region = rep.read_region(args.region) if args.region else {"counties": [], "enrollees": None, "fund_income_yuan": None}
+    region = (rep.read_region(args.region) if args.region
+              else {"counties": [], "enrollees": None, "fund_income_yuan": None})
     income = args.fund_income
     if income is None and region["fund_income_yuan"] is not None:
         income = yuan_arg()(str(region["fund_income_yuan"]))

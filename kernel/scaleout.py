@@ -92,13 +92,15 @@ def resettle_dask(plan: Plan, out_dir, scheduler="local", n_workers=2, progress=
             _raise_carried(f.result())
         if plan.lines:
             lines = line_chunks(plan)
-            task = progress.add_task(f"split line items by visit ({len(lines)} tasks)", total=len(lines)) if progress else None
+            task = (progress.add_task(f"split line items by visit ({len(lines)} tasks)", total=len(lines))
+                    if progress else None)
             futures = [client.submit(_carried, split_lines_chunk, plan, str(work), c, n_parts, k, False, pure=False)
                        for k, c in enumerate(lines)]
             _all_done(futures, progress, task)
             for f in futures:
                 _raise_carried(f.result())
-        task = progress.add_task("check visit ids" + (", route lines" if plan.lines else ""), total=n_parts) if progress else None
+        label = "check visit ids" + (", route lines" if plan.lines else "")
+        task = progress.add_task(label, total=n_parts) if progress else None
         futures = [client.submit(_carried, _check_and_clean, plan, str(work), b, n_parts, pure=False)
                    for b in range(n_parts)]
         _all_done(futures, progress, task)

@@ -99,7 +99,8 @@ def test_cap_draft_shows_the_high_cost_patient_before_august(region, tmp_path):
         pc.month(v.column("enddate"))) < 8)))
     assert gained == early.column("psn_no").to_pylist() and len(gained) == 1
     # before August the cap held: that patient's serious-illness payment is exactly the 250,000.00 cap
-    hifmi = np.asarray(r.column("hifmi_pay"))[(fee >= HIGH_COST_FEN[0]) & (np.asarray(pc.month(v.column("enddate"))) < 8)]
+    before_august = np.asarray(pc.month(v.column("enddate"))) < 8
+    hifmi = np.asarray(r.column("hifmi_pay"))[(fee >= HIGH_COST_FEN[0]) & before_august]
     assert hifmi.tolist() == [250_000_00]
 
 

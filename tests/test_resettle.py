@@ -94,7 +94,7 @@ def test_summary_prints_whole_figures_in_80_columns(tmp_path):
         "21,350,400.00",                                              # basic fund: 400 x 53,376.00 (capped)
         "104,000,000.00", "155,854,720.00",                           # serious illness: 400 x 260,000.00 / 389,636.80
         "130,649,600.00", "78,794,880.00", "-51,854,720.00",          # patient: 256,000,000.00 - funds
-        "121,350,400.00", "169,205,120.00", "+47,854,720.00",         # June: 400 x (53,376.00 + 250,000.00 / 369,636.80)
+        "121,350,400.00", "169,205,120.00", "+47,854,720.00",         # June: 400 x (53,376 + 250,000 / 369,636.80)
         "4,000,000.00",                                               # July new, August old and new: 400 x 10,000.00
     ]
     for figure in expected:
@@ -126,7 +126,8 @@ def test_who_gains_by_region_and_category_with_a_region_file(tmp_path, capsys):
     """Example C for two farmers: P3 insured in county B without a category, P4 in county I, a veteran
     (no rule of the sample pack treats veterans differently: the same figures). Each is owed
     129,636.80; person-times compensated: C1 and C3 before (C2: cap spent), all three after."""
-    rows = ([dict(v, mdtrt_id=f"{v['mdtrt_id']}-3", psn_no="P3", insu_admdvs="530321", psn_cats=None) for v in example_c()]
+    rows = ([dict(v, mdtrt_id=f"{v['mdtrt_id']}-3", psn_no="P3", insu_admdvs="530321", psn_cats=None)
+             for v in example_c()]
             + [dict(v, mdtrt_id=f"{v['mdtrt_id']}-4", psn_no="P4", insu_admdvs="530382", psn_cats="veteran")
                for v in example_c()])
     path = tmp_path / "c2.parquet"
@@ -140,10 +141,11 @@ def test_who_gains_by_region_and_category_with_a_region_file(tmp_path, capsys):
                  "--report", "html"]) == 0
     persons = {r["psn_no"]: r for r in pq.read_table(out / "persons").to_pylist()}
     assert (persons["P3"]["region"], persons["P3"]["psn_cats"], persons["P3"]["owed"]) == ("530321", None, 129_636_80)
-    assert (persons["P4"]["region"], persons["P4"]["psn_cats"], persons["P4"]["owed"]) == ("530382", "veteran", 129_636_80)
-    gains = pq.read_table(out / "gains.parquet").to_pylist()
-    assert [(g["region"], g["psn_cats"], g["persons"], g["persons_owed"], g["owed"], g["recovered"]) for g in gains] == [
-        ("530321", None, 1, 1, 129_636_80, 0), ("530382", "veteran", 1, 1, 129_636_80, 0)]
+    assert (persons["P4"]["region"], persons["P4"]["psn_cats"], persons["P4"]["owed"]) == ("530382", "veteran",
+                                                                                           129_636_80)
+    gains = [(g["region"], g["psn_cats"], g["persons"], g["persons_owed"], g["owed"], g["recovered"])
+             for g in pq.read_table(out / "gains.parquet").to_pylist()]
+    assert gains == [("530321", None, 1, 1, 129_636_80, 0), ("530382", "veteran", 1, 1, 129_636_80, 0)]
     summary = pq.read_table(out / "summary.parquet")
     veteran = summary.filter(pc.equal(summary.column("psn_cats"), "veteran"))
     assert pc.sum(veteran.column("delta_fund_pay_sumamt")).as_py() == 129_636_80
