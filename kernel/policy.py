@@ -50,6 +50,14 @@ _YUAN = re.compile(r"^(\d{1,13})(?:\.(\d{1,2}))?$")
 _PCT = re.compile(r"^([+-]?)(\d{1,3})(?:\.(\d{1,2}))?%$")
 
 
+def fen_of_yuan(text: str) -> int:
+    """Fen of an amount written in yuan ("300", "300.5", "300.50"), exactly: at most two decimals."""
+    m = _YUAN.match(text) if isinstance(text, str) else None
+    if not m:
+        raise ValueError(f"money must be yuan like \"300\" or \"300.50\", got {text!r}")
+    return int(m[1]) * 100 + int((m[2] or "").ljust(2, "0"))
+
+
 def _bp(sign, whole, frac):
     bp = int(whole) * 100 + int((frac or "").ljust(2, "0"))
     return -bp if sign == "-" else bp
@@ -63,10 +71,7 @@ def _dec_hook(tp, obj):
             if obj < 0:
                 raise ValueError(f"money must not be negative, got {obj!r}")
             return Money(obj * 100)
-        m = _YUAN.match(obj) if isinstance(obj, str) else None
-        if not m:
-            raise ValueError(f"money must be yuan like \"300\" or \"300.50\", got {obj!r}")
-        return Money(int(m[1]) * 100 + int((m[2] or "").ljust(2, "0")))
+        return Money(fen_of_yuan(obj))
     if tp is Ratio:
         m = _PCT.match(obj) if isinstance(obj, str) else None
         if not m or m[1]:

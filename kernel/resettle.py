@@ -48,8 +48,11 @@ from .schema import LINE_FIELDS, PRECOMPUTED_FIELDS, VISIT_FIELDS
 # fund_pay_sumamt), then the patient's share and its split, and the hospital's part.
 FUNDS = ["hifp_pay", "hifob_pay", "hifmi_pay", "cvlserv_pay", "hifes_pay", "maf_pay", "oth_pay"]
 COMPARED = FUNDS + ["fund_pay_sumamt", "psn_part_amt", "acct_pay", "psn_cash_pay", "hosp_part_amt"]
-# Summary keys: where the insured lives (参保地), scheme, hospital level, med type, settlement month.
-KEYS = ["region", "insutype", "medins_lv", "med_type", "month"]
+# Summary keys: where the insured lives (参保地), scheme, the person's categories (psn_cats as given:
+# null for none), hospital level, med type, settlement month.
+KEYS = ["region", "insutype", "psn_cats", "medins_lv", "med_type", "month"]
+# Who gains: persons by where they are insured and their categories.
+GAIN_KEYS = ["region", "psn_cats"]
 # The layers the scheme's pooled fund finances, for the surplus ratios (assistance and the
 # civil-servant subsidy are separate budgets); --fund-layers changes it.
 DEFAULT_FUND_LAYERS = ["hifp_pay", "hifob_pay", "hifmi_pay"]
@@ -371,6 +374,7 @@ def partition_chunk(plan: Plan, work: str, chunk: tuple, n_parts: int, index: in
     if plan.old_results:
         table = _attach_old(table, plan.old_results, first_row, src)
     part = partition_of(table.column("psn_no"), n_parts)
+    _write_visit_ids(work, index, table.column("mdtrt_id"), table.column(_ROW), part)
     order = np.argsort(part.astype(np.int16) if n_parts < 2**15 else part, kind="stable")
     bounds = np.searchsorted(part[order], np.arange(n_parts + 1))
     sorted_table = table.take(pa.array(order))
@@ -385,6 +389,137 @@ def partition_chunk(plan: Plan, work: str, chunk: tuple, n_parts: int, index: in
             with pa.ipc.new_file(d / f"c{index:05d}.arrow", piece.schema, options=_IPC_WRITE) as w:
                 w.write_table(piece)
     return {"rows": n, "counts": counts}
+
+
+# --- visit ids across partitions: a mdtrt_id repeated for two persons lands in two partitions -------
+
+def _write_visit_ids(work: str, index: int, mdtrt_id, rows, part: np.ndarray) -> None:
+    """work/ids/cNNNNN.arrow: the chunk's visit-id hashes, sorted, with each visit's row and partition
+    (a check task reads one range of hashes from every chunk: no id string leaves pass 1)."""
+    h = hash_strings(mdtrt_id)
+    order = np.argsort(h)
+    d = Path(work) / "ids"
+    d.mkdir(exist_ok=True)
+    table = pa.table({"hash": h[order], "row": np.asarray(rows, dtype=np.int64)[order], "part": part[order]})
+    with pa.ipc.new_file(d / f"c{index:05d}.arrow", table.schema) as w:
+        w.write_table(table)
+
+
+def _bucket_bounds(bucket: int, n_buckets: int) -> tuple[int, int]:
+    """The hash range [lo, hi) of a bucket: the 64-bit hash space cut into n_buckets equal ranges."""
+    return -(-bucket * 2**64 // n_buckets), -(-(bucket + 1) * 2**64 // n_buckets)
+
+
+def _bucket_ids(work: str, bucket: int, n_buckets: int) -> dict:
+    """Every visit of the bucket's hash range from every pass-1 chunk: hash, row, partition (by hash)."""
+    lo, hi = _bucket_bounds(bucket, n_buckets)
+    parts = {"hash": [], "row": [], "part": []}
+    for f in sorted((Path(work) / "ids").glob("c*.arrow")):
+        with pa.memory_map(str(f)) as source:
+            t = pa.ipc.open_file(source).read_all()
+            h = np.asarray(t.column("hash"))
+            a = int(np.searchsorted(h, np.uint64(lo))) if lo < 2**64 else len(h)
+            b = int(np.searchsorted(h, np.uint64(hi))) if hi < 2**64 else len(h)
+            for name in parts:
+                parts[name].append(np.array(t.column(name).slice(a, b - a)))
+    out = {name: (np.concatenate(v) if v else np.zeros(0, np.int64)) for name, v in parts.items()}
+    order = np.argsort(out["hash"], kind="stable")
+    return {name: v[order] for name, v in out.items()}
+
+
+def _values_at_rows(path: str, column: str, rows: np.ndarray) -> list:
+    """column's values at 1-based rows of a Parquet file, reading only the row groups that hold them."""
+    f = pq.ParquetFile(path)
+    sizes = [f.metadata.row_group(g).num_rows for g in range(f.metadata.num_row_groups)]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    group = np.searchsorted(starts, rows - 1, side="right") - 1
+    values = [None] * len(rows)
+    for g in np.unique(group).tolist():
+        col = f.read_row_group(g, columns=[column]).column(column)
+        for k in np.flatnonzero(group == g).tolist():
+            values[k] = col[int(rows[k] - 1 - starts[g])].as_py()
+    return values
+
+
+def _bucket_of(h: np.ndarray, n_buckets: int) -> np.ndarray:
+    """The hash bucket of every hash (_bucket_bounds' ranges)."""
+    lows = np.array([_bucket_bounds(b, n_buckets)[0] for b in range(1, n_buckets)], dtype=np.uint64)
+    return np.searchsorted(lows, h, side="right").astype(np.int32)
+
+
+def check_bucket(plan: Plan, work: str, bucket: int, n_buckets: int) -> dict:
+    """One hash bucket of visit ids (mdtrt_id), from every run of the visits and of the line items:
+
+    - "repeat": (row of the repeat, row of the first, id) of the earliest visit id repeated anywhere in
+      the file, or None; repeated hashes are compared as strings (read from the input for those rows);
+    - "orphan": (line, id) of the earliest line item whose visit is not in the visits, or None;
+    - the bucket's line items are written to their visit's partition (work/pNNNN/lBBBBB.arrow)."""
+    ids = _bucket_ids(work, bucket, n_buckets)
+    h = ids["hash"]
+    same = np.flatnonzero(h[1:] == h[:-1]) if h.size > 1 else np.zeros(0, np.int64)
+    found, value_at = None, {}
+    if same.size:
+        candidates = np.unique(np.concatenate([same, same + 1]))
+        rows = ids["row"][candidates]
+        value_at = dict(zip(candidates.tolist(), _values_at_rows(plan.visits, "mdtrt_id", rows)))
+        first_by_value = {}
+        for row, value in sorted((int(ids["row"][k]), v) for k, v in value_at.items()):
+            if value in first_by_value:
+                if found is None or row < found[0]:
+                    found = (row, first_by_value[value], value)
+            else:
+                first_by_value[value] = row
+    orphan = _route_lines(work, bucket, ids, value_at) if plan.lines else None
+    return {"repeat": found, "orphan": orphan}
+
+
+def _route_lines(work: str, bucket: int, ids: dict, value_at: dict):
+    """The bucket's line items to their visit's partition; (line, id) of the earliest without a visit."""
+    files = sorted((Path(work) / f"lb{bucket:04d}").glob("c*.arrow"))
+    if not files:
+        return None
+    lines = _read_ipc(files, threads=False)
+    lh = np.asarray(lines.column("_hash"))
+    h = ids["hash"]
+    pos = np.minimum(np.searchsorted(h, lh), max(len(h) - 1, 0))
+    known = (h[pos] == lh) if len(h) else np.zeros(len(lh), bool)
+    part = ids["part"][pos] if len(h) else np.zeros(len(lh), np.int32)
+    if value_at:
+        # two visit ids with one hash (or one id twice, refused anyway): the line goes by its string
+        collided = np.unique(h[list(value_at)])
+        for k in np.flatnonzero(np.isin(lh, collided)).tolist():
+            line_id = lines.column("mdtrt_id")[k].as_py()
+            match = [j for j, v in value_at.items() if h[j] == lh[k] and v == line_id]
+            known[k] = bool(match)
+            part[k] = ids["part"][match[0]] if match else part[k]
+    if not known.all():
+        k = int(np.flatnonzero(~known)[0])
+        return int(lines.column(_LINE)[k].as_py()), lines.column("mdtrt_id")[k].as_py()
+    lines = lines.drop_columns(["_hash"])
+    order = np.argsort(part, kind="stable")
+    bounds = np.searchsorted(part[order], np.arange(int(part.max(initial=0)) + 2))
+    lines = lines.take(pa.array(order))
+    for p in np.unique(part).tolist():
+        piece = lines.slice(bounds[p], bounds[p + 1] - bounds[p])
+        d = Path(work) / f"p{p:04d}"
+        d.mkdir(parents=True, exist_ok=True)
+        with pa.ipc.new_file(d / f"l{bucket:05d}.arrow", piece.schema, options=_IPC_WRITE) as w:
+            w.write_table(piece)
+    return None
+
+
+def raise_bucket_errors(results: list, plan: Plan) -> None:
+    """The earliest repeated visit id over every bucket, then the earliest line item of no visit
+    (the same errors whatever the partition count)."""
+    repeats = [r["repeat"] for r in results if r["repeat"] is not None]
+    if repeats:
+        row, first, value = min(repeats)
+        raise InputError("mdtrt_id", f"duplicate visit id (the same as row {first})", value,
+                         row=row, source=str(plan.visits))
+    orphans = [r["orphan"] for r in results if r["orphan"] is not None]
+    if orphans:
+        line, value = min(orphans)
+        raise InputError("mdtrt_id", "line of a visit not in the visits", value, line=line, source=str(plan.lines))
 
 
 def _attach_old(table: pa.Table, results_path: str, first_row: int, source: str) -> pa.Table:
@@ -412,38 +547,31 @@ def _attach_old(table: pa.Table, results_path: str, first_row: int, source: str)
     return table
 
 
-def partition_lines(plan: Plan, work: str, n_parts: int, progress=None) -> None:
-    """Line items follow their visit's person: lines/pNNNN.parquet, each line numbered in the file."""
-    ids = pq.read_table(plan.visits, columns=["mdtrt_id", "psn_no"])
-    part = partition_of(ids.column("psn_no"), n_parts)
-    visit_ids = ids.column("mdtrt_id").combine_chunks()
-    del ids
-    f = pq.ParquetFile(plan.lines)
-    writers = {}
-    first = 0
-    try:
-        for batch in f.iter_batches(batch_size=1_000_000):
-            t = pa.Table.from_batches([batch])
-            cols = _check_columns(t, LINE_FIELDS, first + 1, str(plan.lines))
-            where = np.asarray(pc.index_in(cols["mdtrt_id"], value_set=visit_ids).fill_null(-1), dtype=np.int64)
-            bad = np.flatnonzero(where < 0)
-            if bad.size:
-                i = int(bad[0])
-                raise InputError("mdtrt_id", "line of a visit not in the visits", cols["mdtrt_id"][i].as_py(),
-                                 line=first + i + 1, source=str(plan.lines))
-            t = pa.table({**cols, _LINE: pa.array(np.arange(first + 1, first + t.num_rows + 1))})
-            lp = part[where]
-            for p in np.unique(lp):
-                piece = t.filter(pa.array(lp == p))
-                if p not in writers:
-                    writers[p] = pq.ParquetWriter(Path(work) / f"lines-p{p:04d}.parquet", piece.schema)
-                writers[p].write_table(piece)
-            first += t.num_rows
-            if progress:
-                progress()
-    finally:
-        for w in writers.values():
-            w.close()
+def split_lines_chunk(plan: Plan, work: str, chunk: tuple, n_buckets: int, index: int, threads: bool = True) -> int:
+    """Line items, one run of row groups: check the columns, number each line in the file and write
+    it to the hash bucket of its visit id (work/lbBBBB/cNNNNN.arrow), where check_bucket finds its
+    visit's partition. Line items thus follow their visit's person without any process holding
+    every visit id. Returns the run's line count."""
+    g0, g1, first = chunk
+    src = str(plan.lines)
+    table = pq.ParquetFile(plan.lines).read_row_groups(list(range(g0, g1)), use_threads=threads)
+    n = table.num_rows
+    cols = _check_columns(table, LINE_FIELDS, first + 1, src)
+    del table
+    h = hash_strings(cols["mdtrt_id"])
+    table = pa.table({**cols, _LINE: pa.array(np.arange(first + 1, first + n + 1, dtype=np.int64)), "_hash": h})
+    bucket = _bucket_of(h, n_buckets)
+    order = np.argsort(bucket, kind="stable")
+    bounds = np.searchsorted(bucket[order], np.arange(n_buckets + 1))
+    table = table.take(pa.array(order))
+    for b in range(n_buckets):
+        if bounds[b + 1] > bounds[b]:
+            d = Path(work) / f"lb{b:04d}"
+            d.mkdir(parents=True, exist_ok=True)
+            piece = table.slice(bounds[b], bounds[b + 1] - bounds[b])
+            with pa.ipc.new_file(d / f"c{index:05d}.arrow", piece.schema, options=_IPC_WRITE) as w:
+                w.write_table(piece)
+    return n
 
 
 # --- pass 2: settle a partition, old and new ------------------------------------------------
@@ -513,7 +641,7 @@ def _to_input_order(values: np.ndarray, order: np.ndarray) -> np.ndarray:
 
 
 def settle_partition(plan: Plan, visits: pa.Table, lines: pa.Table | None = None):
-    """(per-visit deltas, per-person totals, summary partial, gain histogram) of one partition.
+    """(per-visit deltas, per-person totals, summary partial, gain histogram, gains partial) of one partition.
 
     All of a person's visits are in ``visits``, in file order; row numbers of errors are the
     input file's. The visits are prepared once (Settler.prepare) and settled under each side."""
@@ -574,17 +702,20 @@ def settle_partition(plan: Plan, visits: pa.Table, lines: pa.Table | None = None
             old_p[k] = np.asarray(visits.column(f"old_{c}"), dtype=np.int64)[order]
     del buffer
     delta_p = new_p - old_p
-    persons = _person_totals(batch, delta_p)
+    region = (visits.column("insu_admdvs").fill_null(new_settler.pack.region) if "insu_admdvs" in visits.column_names
+              else pa.repeat(pa.scalar(new_settler.pack.region, pa.string()), n))
+    region = region.combine_chunks() if isinstance(region, pa.ChunkedArray) else region
+    psn_cats = (visits.column("psn_cats").combine_chunks() if "psn_cats" in visits.column_names
+                else pa.nulls(n, pa.string()))
+    persons = _person_totals(batch, delta_p, region, psn_cats)
     new_v = _to_input_order(new_p, order)
     del new_p
     old_v = _to_input_order(old_p, order)
     del old_p
     delta = _to_input_order(delta_p, order)
     del delta_p
-    region = (visits.column("insu_admdvs").fill_null(new_settler.pack.region) if "insu_admdvs" in visits.column_names
-              else pa.repeat(pa.scalar(new_settler.pack.region, pa.string()), n))
     cols = {"mdtrt_id": visits.column("mdtrt_id"), "psn_no": visits.column("psn_no"),
-            "insutype": visits.column("insutype"), "region": region,
+            "insutype": visits.column("insutype"), "region": region, "psn_cats": psn_cats,
             "medins_lv": visits.column("medins_lv"), "med_type": visits.column("med_type"),
             "month": _month(batch.setl), "row": visits.column(_ROW),
             "medfee_sumamt": pa.array(medfee),
@@ -595,7 +726,7 @@ def settle_partition(plan: Plan, visits: pa.Table, lines: pa.Table | None = None
         cols[f"new_{c}"] = pa.array(new_v[k])
         cols[f"delta_{c}"] = pa.array(delta[k])
     per_visit = pa.table(cols)
-    return per_visit, persons, summary_partial(per_visit), gain_histogram(persons)
+    return per_visit, persons, summary_partial(per_visit), gain_histogram(persons), gains_partial(persons)
 
 
 def _rank(strings: pa.Array) -> np.ndarray:
@@ -605,9 +736,10 @@ def _rank(strings: pa.Array) -> np.ndarray:
     return rank
 
 
-def _person_totals(batch, delta: np.ndarray) -> pa.Table:
+def _person_totals(batch, delta: np.ndarray, region: pa.Array, psn_cats: pa.Array) -> pa.Table:
     """person_totals from the prepared batch (visits grouped by person in processing order) and
-    the deltas (len(COMPARED), n) in processing order: no string grouping, no Python per person."""
+    the deltas (len(COMPARED), n) in processing order: no string grouping, no Python per person.
+    region, psn_cats: per visit in input order; a person's are those of their first visit."""
     n = batch.n
     if n == 0:
         return _empty_persons()
@@ -616,18 +748,20 @@ def _person_totals(batch, delta: np.ndarray) -> pa.Table:
     order = batch.order
     key = batch.psn_slot.astype(np.int64) * n_ins + ins_idx[order]
     if np.all(key[1:] >= key[:-1]):                # one scheme per person: already grouped
-        ks = key
+        ks, srt = key, order
     else:
         srt = np.argsort(key, kind="stable")
-        ks, delta = key[srt], np.take(delta, srt, axis=1)
+        ks, delta, srt = key[srt], np.take(delta, srt, axis=1), order[srt]
     starts = np.flatnonzero(np.concatenate(([True], ks[1:] != ks[:-1])))
     sums = np.add.reduceat(delta, starts, axis=1)
     changed = np.add.reduceat((delta[COMPARED.index("fund_pay_sumamt")] != 0).astype(np.int64), starts)
     visits = np.diff(np.append(starts, n))
     g_psn, g_ins = ks[starts] // n_ins, ks[starts] % n_ins
     final = np.lexsort((_rank(ins_dict)[g_ins], _rank(batch.psn_names)[g_psn]))
+    first_visit = pa.array(srt[starts][final])
     cols = {"psn_no": batch.psn_names.take(pa.array(g_psn[final])),
             "insutype": ins_dict.take(pa.array(g_ins[final])),
+            "region": region.take(first_visit), "psn_cats": psn_cats.take(first_visit),
             "visits": pa.array(visits[final].astype(np.int64)), "visits_changed": pa.array(changed[final])}
     for k, c in enumerate(COMPARED):
         cols[f"delta_{c}"] = pa.array(sums[k][final])
@@ -639,6 +773,7 @@ def _person_totals(batch, delta: np.ndarray) -> pa.Table:
 
 def _empty_persons() -> pa.Table:
     cols = {"psn_no": pa.array([], pa.string()), "insutype": pa.array([], pa.string()),
+            "region": pa.array([], pa.string()), "psn_cats": pa.array([], pa.string()),
             "visits": pa.array([], pa.int64()), "visits_changed": pa.array([], pa.int64())}
     cols.update({f"delta_{c}": pa.array([], pa.int64()) for c in COMPARED})
     cols.update({"owed": pa.array([], pa.int64()), "recovered": pa.array([], pa.int64())})
@@ -646,15 +781,19 @@ def _empty_persons() -> pa.Table:
 
 
 def person_totals(per_visit: pa.Table) -> pa.Table:
-    """Per person: visits, visits whose result changed, delta per fund, owed (补付) / recovered (追回).
+    """Per person: region and categories (of the first visit), visits, visits whose result changed,
+    delta per fund, owed (补付) / recovered (追回).
 
     Owed is what the patient paid too much (their share fell): -sum(delta psn_part_amt) when positive."""
     changed = pc.cast(pc.not_equal(per_visit.column("delta_fund_pay_sumamt"), 0), pa.int64())
-    t = per_visit.select(["psn_no", "insutype"] + [f"delta_{c}" for c in COMPARED]).append_column("changed", changed)
+    t = per_visit.select(["psn_no", "insutype", "region", "psn_cats"] + [f"delta_{c}" for c in COMPARED]
+                         ).append_column("changed", changed)
     g = t.group_by(["psn_no", "insutype"], use_threads=False).aggregate(
-        [("changed", "count"), ("changed", "sum")] + [(f"delta_{c}", "sum") for c in COMPARED])
+        [("region", "first"), ("psn_cats", "first"), ("changed", "count"), ("changed", "sum")]
+        + [(f"delta_{c}", "sum") for c in COMPARED])
     g = g.rename_columns(_renamed(g))
-    g = g.select(["psn_no", "insutype", "visits", "visits_changed"] + [f"delta_{c}" for c in COMPARED])
+    g = g.select(["psn_no", "insutype", "region", "psn_cats", "visits", "visits_changed"]
+                 + [f"delta_{c}" for c in COMPARED])
     net = -np.asarray(g.column("delta_psn_part_amt"))
     g = g.append_column("owed", pa.array(np.maximum(net, 0)))
     g = g.append_column("recovered", pa.array(np.maximum(-net, 0)))
@@ -668,8 +807,8 @@ def _renamed(g: pa.Table) -> list:
             names.append("visits")
         elif name == "changed_sum":
             names.append("visits_changed")
-        elif name.endswith("_sum"):
-            names.append(name[:-4])
+        elif name.endswith("_sum") or name.endswith("_first"):
+            names.append(name.rpartition("_")[0])
         else:
             names.append(name)
     return names
@@ -690,15 +829,28 @@ def summary_partial(per_visit: pa.Table) -> pa.Table:
     return combine_summaries([pa.table(cols)])
 
 
-def combine_summaries(parts: list) -> pa.Table:
+def combine_summaries(parts: list, keys=KEYS) -> pa.Table:
+    """Partial sums (summaries, or gains with GAIN_KEYS) added up by their keys."""
     parts = [p for p in parts if p is not None and p.num_rows]
     if not parts:
         return None
     t = pa.concat_tables(parts)
-    values = [c for c in t.column_names if c not in KEYS]
-    g = t.group_by(KEYS, use_threads=False).aggregate([(c, "sum") for c in values])
+    values = [c for c in t.column_names if c not in keys]
+    g = t.group_by(keys, use_threads=False).aggregate([(c, "sum") for c in values])
     g = g.rename_columns([c[:-4] if c.endswith("_sum") and c[:-4] in values else c for c in g.column_names])
-    return g.select(KEYS + values).sort_by([(k, "ascending") for k in KEYS])
+    return g.select(keys + values).sort_by([(k, "ascending") for k in keys])
+
+
+def gains_partial(persons: pa.Table) -> pa.Table:
+    """Who gains: by GAIN_KEYS, persons, persons owed and the sum owed (补付), persons recovered from
+    and the sum recovered (追回)."""
+    owed, recovered = np.asarray(persons.column("owed")), np.asarray(persons.column("recovered"))
+    t = pa.table({"region": persons.column("region"), "psn_cats": persons.column("psn_cats"),
+                  "persons": pa.array(np.ones(len(owed), np.int64)),
+                  "persons_owed": pa.array((owed > 0).astype(np.int64)), "owed": persons.column("owed"),
+                  "persons_recovered": pa.array((recovered > 0).astype(np.int64)),
+                  "recovered": persons.column("recovered")})
+    return combine_summaries([t], GAIN_KEYS)
 
 
 def gain_histogram(p: pa.Table) -> dict:
@@ -727,7 +879,7 @@ def add_histograms(hists: list) -> dict:
 # Output Parquet (measured in docs/resettle.md): integers delta-encoded without dictionaries (an
 # amount rarely repeats enough to pay for the hash; runs of zeros and the ascending row pack to
 # a few bits), the string keys with dictionaries, LZ4.
-_DICT_COLUMNS = ["insutype", "region", "medins_lv", "med_type", "old_version", "old_status", "new_version",
+_DICT_COLUMNS = ["insutype", "region", "psn_cats", "medins_lv", "med_type", "old_version", "old_status", "new_version",
                  "new_status"]
 
 
@@ -755,17 +907,17 @@ def _read_ipc(files, threads=True) -> pa.Table:
 
 def settle_part_files(plan: Plan, work: str, part: int, threads: bool = True) -> tuple:
     """Pass 2 for one partition, from its pass-1 files to its output parts. Returns the small
-    results (summary partial, histogram); the per-visit and per-person tables go to files."""
+    results (summary partial, histogram, gains partial); the per-visit and per-person tables go to files."""
     d = Path(work) / f"p{part:04d}"
     files = sorted(d.glob("c*.arrow")) if d.exists() else []
     if not files:
-        return None, add_histograms([])
+        return None, add_histograms([]), None
     visits = _read_ipc(files, threads)
-    lines_path = Path(work) / f"lines-p{part:04d}.parquet"
-    lines = pq.read_table(lines_path, use_threads=threads) if plan.lines and lines_path.exists() else None
-    if plan.lines and lines is None:
-        lines = _empty_lines()
-    per_visit, persons, summary, hist = settle_partition(plan, visits, lines)
+    lines = None
+    if plan.lines:
+        line_files = sorted(d.glob("l*.arrow"))
+        lines = _read_ipc(line_files, threads).sort_by(_LINE) if line_files else _empty_lines()
+    per_visit, persons, summary, hist, gains = settle_partition(plan, visits, lines)
     del visits, lines
     out = Path(work) / "out"
     (out / "visits").mkdir(parents=True, exist_ok=True)
@@ -773,7 +925,7 @@ def settle_part_files(plan: Plan, work: str, part: int, threads: bool = True) ->
     pq.write_table(per_visit, out / "visits" / f"part-{part:04d}.parquet", **_write_options(per_visit, 256_000))
     del per_visit
     pq.write_table(persons, out / "persons" / f"part-{part:04d}.parquet", **_write_options(persons))
-    return summary, hist
+    return summary, hist, gains
 
 
 def _empty_lines():
@@ -790,6 +942,7 @@ class Outcome:
     histogram: dict
     rows: int
     partitions: int
+    gains: pa.Table | None = None      # who gains, by region and categories (GAIN_KEYS)
 
 
 def prepare_work(out_dir) -> tuple[Path, Path]:
@@ -800,15 +953,21 @@ def prepare_work(out_dir) -> tuple[Path, Path]:
     return out, work
 
 
-def finish(work: Path, out: Path, plan: Plan, summary: pa.Table, hist: dict, rows: int, n_parts: int,
-           report=None) -> Outcome:
-    """Write summary.parquet and meta, then move out/ into place (replacing an older run)."""
+def finish(work: Path, out: Path, plan: Plan, results: list, rows: int, n_parts: int, report=None) -> Outcome:
+    """Combine the partitions' small results (summary, histogram, gains), write summary.parquet,
+    gains.parquet and meta, then move out/ into place (replacing an older run)."""
+    summary = combine_summaries([r[0] for r in results])
+    hist = add_histograms([r[1] for r in results])
+    gains = combine_summaries([r[2] for r in results], GAIN_KEYS)
     final = work / "out"
     (final / "visits").mkdir(parents=True, exist_ok=True)
     (final / "persons").mkdir(parents=True, exist_ok=True)
     if summary is None:
         summary = empty_summary()
+    if gains is None:
+        gains = empty_gains()
     pq.write_table(summary, final / "summary.parquet")
+    pq.write_table(gains, final / "gains.parquet")
     (final / "meta.json").write_text(json.dumps({"plan": plan.as_dict(), "rows": rows, "partitions": n_parts,
                                                  "histogram": hist}, indent=1, default=str))
     if report is not None:
@@ -817,7 +976,13 @@ def finish(work: Path, out: Path, plan: Plan, summary: pa.Table, hist: dict, row
         shutil.rmtree(out)
     final.replace(out)
     shutil.rmtree(work, ignore_errors=True)
-    return Outcome(out, summary, hist, rows, n_parts)
+    return Outcome(out, summary, hist, rows, n_parts, gains)
+
+
+def empty_gains() -> pa.Table:
+    return gains_partial(_empty_persons()) or pa.table(
+        {"region": pa.array([], pa.string()), "psn_cats": pa.array([], pa.string())}
+        | {c: pa.array([], pa.int64()) for c in ("persons", "persons_owed", "owed", "persons_recovered", "recovered")})
 
 
 def empty_summary() -> pa.Table:
@@ -896,6 +1061,17 @@ def _settle_and_clean(plan, work, part, threads=True):
     return result
 
 
+def _check_and_clean(plan, work, bucket, n_buckets):
+    result = check_bucket(plan, work, bucket, n_buckets)
+    shutil.rmtree(Path(work) / f"lb{bucket:04d}", ignore_errors=True)
+    return result
+
+
+def line_chunks(plan: Plan) -> list:
+    """Runs of the line items' row groups, one task each (as many lines a run as visits a partition)."""
+    return chunks_of(plan.lines, max(1, plan.partition_rows)) if plan.lines else []
+
+
 def run_tasks(pool, fn, tasks: list, advance=None) -> list:
     """fn(*args) for every args in tasks, in the pool (or here, in order, when pool is None).
     Results in task order. An InputError is raised for the first failing task in task order (the
@@ -956,15 +1132,20 @@ def resettle(plan: Plan, out_dir, progress=None, report=None) -> Outcome:
             run_tasks(pool, partition_chunk, [(plan, str(work), c, n_parts, k, threads) for k, c in enumerate(chunks)],
                       (lambda: progress.update(task, advance=1)) if progress else None)
             if plan.lines:
-                lt = progress.add_task("split line items", total=None) if progress else None
-                partition_lines(plan, str(work), n_parts,
-                                (lambda: progress.update(lt, advance=1)) if progress else None)
+                lines = line_chunks(plan)
+                task = progress.add_task("split line items by visit", total=len(lines)) if progress else None
+                run_tasks(pool, split_lines_chunk,
+                          [(plan, str(work), c, n_parts, k, threads) for k, c in enumerate(lines)],
+                          (lambda: progress.update(task, advance=1)) if progress else None)
+            label = "check visit ids" + (", route lines" if plan.lines else "")
+            task = progress.add_task(label, total=n_parts) if progress else None
+            checked = run_tasks(pool, _check_and_clean, [(plan, str(work), b, n_parts) for b in range(n_parts)],
+                                (lambda: progress.update(task, advance=1)) if progress else None)
+            raise_bucket_errors(checked, plan)
             task = progress.add_task(f"settle old and new, {n_parts} partitions", total=n_parts) if progress else None
             results = run_tasks(pool, _settle_and_clean, [(plan, str(work), p, threads) for p in range(n_parts)],
                                 (lambda: progress.update(task, advance=1)) if progress else None)
-        summaries = [s for s, _ in results]
-        hists = [h for _, h in results]
-        return finish(work, out, plan, combine_summaries(summaries), add_histograms(hists), n_rows, n_parts, report)
+        return finish(work, out, plan, results, n_rows, n_parts, report)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -972,7 +1153,7 @@ def resettle(plan: Plan, out_dir, progress=None, report=None) -> Outcome:
 
 def resettle_tables(new, visits: pa.Table, old=None, old_results: pa.Table | None = None,
                     lines: pa.Table | None = None):
-    """In memory, for a table that fits: (per-visit, per-person, summary, histogram).
+    """In memory, for a table that fits: (per-visit, per-person, summary, histogram, gains).
 
     new/old: PolicySpec. old_results: a results table row for row with visits (instead of old)."""
     plan = Plan(visits="<table>", new=new, old=old, old_results="<table>" if old_results is not None else None,
@@ -1041,9 +1222,13 @@ def add_subcommands(sub) -> None:
                    help="visits per partition: bounds memory (default %(default)s)")
     r.add_argument("--processes", type=int, default=0,
                    help="worker processes on this machine (default 0: one per core for a large file, else 1)")
-    r.add_argument("--fund-income", type=float, help="the fund's income for the year, yuan: surplus ratios")
-    r.add_argument("--carried-surplus", type=float, default=0.0, help="accumulated balance at the start of the year, yuan")
+    r.add_argument("--fund-income", type=yuan_arg(), help="the fund's income for the year, yuan (at most 2 decimals): "
+                   "surplus ratios")
+    r.add_argument("--carried-surplus", type=yuan_arg(signed=True), default=0,
+                   help="accumulated balance at the start of the year, yuan (negative: a deficit carried)")
     r.add_argument("--enrollees", type=int, help="persons enrolled: benefit coverage (person-times / enrollees)")
+    r.add_argument("--region", help="region.json of `medsettle synth`: county names, enrollees per county (coverage "
+                   "by county) and, unless given, --enrollees and --fund-income")
     r.add_argument("--fund-layers", default=",".join(DEFAULT_FUND_LAYERS),
                    help="fund columns the pooled fund pays, for the surplus (default %(default)s)")
     r.add_argument("--scheduler", help="Dask scheduler address (tcp://host:8786), or 'local' for a LocalCluster")
@@ -1056,8 +1241,22 @@ def add_subcommands(sub) -> None:
     add_region(sub)
 
 
-def _yuan_to_fen(v):
-    return None if v is None else int(round(v * 100))
+def yuan_arg(signed=False):
+    """An argparse type: yuan written as decimals ("648000000", "1234.5", "-90000.25") to exact fen;
+    more than two decimals, or a sign where none may be, is refused (money never passes a float)."""
+    import argparse
+    from .policy import fen_of_yuan
+
+    def parse(text: str) -> int:
+        text = text.strip().replace(",", "")
+        negative = signed and text.startswith("-")
+        try:
+            fen = fen_of_yuan(text[1:] if negative else text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"yuan with at most two decimals, e.g. 648000000 or 1234.56, "
+                                             f"got {text!r}") from None
+        return -fen if negative else fen
+    return parse
 
 
 def plan_from_args(args) -> Plan:
@@ -1081,8 +1280,13 @@ def cmd_resettle(args) -> int:
     from .cli import _phases, console, err
     from . import report as rep
     plan = plan_from_args(args)
-    funding = rep.Funding(income=_yuan_to_fen(args.fund_income), carried=_yuan_to_fen(args.carried_surplus) or 0,
-                          enrollees=args.enrollees, layers=plan.fund_layers)
+    region = (rep.read_region(args.region) if args.region
+              else {"counties": [], "enrollees": None, "fund_income_yuan": None})
+    income = args.fund_income
+    if income is None and region["fund_income_yuan"] is not None:
+        income = yuan_arg()(str(region["fund_income_yuan"]))
+    funding = rep.Funding(income=income, carried=args.carried_surplus, enrollees=args.enrollees or region["enrollees"],
+                          layers=plan.fund_layers, counties=region["counties"])
     kinds = {"html": ["html"], "png": ["png"], "both": ["html", "png"], "none": []}[args.report]
 
     def write_report(final: Path):

@@ -19,8 +19,8 @@ import shutil
 
 import pyarrow as pa
 
-from .resettle import (Plan, _carried, _raise_carried, _settle_and_clean, add_histograms, check_plan,
-                       combine_summaries, finish, partition_chunk, partition_lines, prepare_work)
+from .resettle import (Plan, _carried, _check_and_clean, _raise_carried, _settle_and_clean, check_plan, finish,
+                       line_chunks, partition_chunk, prepare_work, raise_bucket_errors, split_lines_chunk)
 
 
 def _pass1(plan, work, chunk, n_parts, index):
@@ -91,14 +91,26 @@ def resettle_dask(plan: Plan, out_dir, scheduler="local", n_workers=2, progress=
         for f in futures:               # the first bad chunk in file order: the single-process error
             _raise_carried(f.result())
         if plan.lines:
-            partition_lines(plan, str(work), n_parts)
+            lines = line_chunks(plan)
+            task = (progress.add_task(f"split line items by visit ({len(lines)} tasks)", total=len(lines))
+                    if progress else None)
+            futures = [client.submit(_carried, split_lines_chunk, plan, str(work), c, n_parts, k, False, pure=False)
+                       for k, c in enumerate(lines)]
+            _all_done(futures, progress, task)
+            for f in futures:
+                _raise_carried(f.result())
+        label = "check visit ids" + (", route lines" if plan.lines else "")
+        task = progress.add_task(label, total=n_parts) if progress else None
+        futures = [client.submit(_carried, _check_and_clean, plan, str(work), b, n_parts, pure=False)
+                   for b in range(n_parts)]
+        _all_done(futures, progress, task)
+        raise_bucket_errors([_raise_carried(f.result()) for f in futures], plan)
         task = progress.add_task(f"settle old and new, {n_parts} partitions", total=n_parts) if progress else None
         futures = [client.submit(_pass2, plan, str(work), p, pure=False) for p in range(n_parts)]
         _all_done(futures, progress, task)
-        results = {p: _raise_carried(f.result()) for p, f in enumerate(futures)}
-        summaries = [_aligned(results[p][0]) for p in range(n_parts)]
-        hists = [results[p][1] for p in range(n_parts)]
-        return finish(work, out, plan, combine_summaries(summaries), add_histograms(hists), n_rows, n_parts, report)
+        results = [_raise_carried(f.result()) for f in futures]
+        results = [(_aligned(summary), hist, _aligned(gains)) for summary, hist, gains in results]
+        return finish(work, out, plan, results, n_rows, n_parts, report)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -137,12 +137,8 @@ def _scheme_plan(pack, scheme, year):
     }
 
 
-def _visit_columns(pack: Pack, n_visits, rng_person, rng, n_persons, year, schemes, pending_share):
-    """Every visit attribute as numpy arrays (and the target total in fen), in setl_time order."""
-    if n_visits < 0:
-        raise ValueError(f"n_visits must not be negative, got {n_visits}")
-    if not 0.0 <= pending_share <= 1.0:
-        raise ValueError(f"pending_share must be within 0..1, got {pending_share}")
+def _usable_schemes(pack: Pack, year, schemes):
+    """(schemes by code, per-scheme plans, the codes with a version in force in the year)."""
     by_code = {s.code: s for s in pack.schemes}
     wanted = list(by_code) if schemes is None else list(schemes)
     for code in wanted:
@@ -152,16 +148,12 @@ def _visit_columns(pack: Pack, n_visits, rng_person, rng, n_persons, year, schem
     usable = [code for code in wanted if len(plans[code]["days"])]
     if not usable:
         raise ValueError(f"no version of schemes {wanted} of pack {pack.name!r} is in force in {year}")
-    if pending_share > 0 and not all(plans[c]["pending"] for c in usable):
-        raise ValueError("pending_share > 0 but a scheme has no pending injury cause in the pack")
-    n = int(n_visits)
-    n_persons = max(1, round(n / 2.5)) if n_persons is None else int(n_persons)
-    if n_persons < 1:
-        raise ValueError(f"n_persons must be at least 1, got {n_persons}")
+    return by_code, plans, usable
 
-    jan1 = int(np.datetime64(f"{year}-01-01", "D").astype(np.int64))   # days since 1970-01-01
 
-    # persons: scheme, categories, birth date, account balance, how often they visit
+def _person_columns(pack: Pack, by_code, usable, n_persons, rng_person, jan1):
+    """Every person's scheme, categories (bit mask), birth day, account balance and visit frequency:
+    the first draws of the person stream, so the persons of a seed are the same with or without visits."""
     p_scheme = _weighted(rng_person, [SCHEME_WEIGHT.get(c, 0.3) for c in usable], n_persons, np.int8)
     has_acct = np.array([by_code[c].personal_account for c in usable])[p_scheme]
     cats = np.zeros(n_persons, dtype=np.int16)
@@ -181,6 +173,34 @@ def _visit_columns(pack: Pack, n_visits, rng_person, rng, n_persons, year, schem
     balance = np.rint(rng_person.lognormal(np.log(150_000), 1.0, n_persons)).astype(np.int64)
     balance[rng_person.random(n_persons) < 0.03] = 0
     frequency = rng_person.gamma(0.7, 1.0, n_persons)
+    return {"scheme": p_scheme, "acct": has_acct, "cats": cats, "brdy": brdy, "balance": balance,
+            "frequency": frequency}
+
+
+def _n_persons(n_visits: int, n_persons) -> int:
+    n_persons = max(1, round(n_visits / 2.5)) if n_persons is None else int(n_persons)
+    if n_persons < 1:
+        raise ValueError(f"n_persons must be at least 1, got {n_persons}")
+    return n_persons
+
+
+def _visit_columns(pack: Pack, n_visits, rng_person, rng, n_persons, year, schemes, pending_share):
+    """Every visit attribute as numpy arrays (and the target total in fen), in setl_time order."""
+    if n_visits < 0:
+        raise ValueError(f"n_visits must not be negative, got {n_visits}")
+    if not 0.0 <= pending_share <= 1.0:
+        raise ValueError(f"pending_share must be within 0..1, got {pending_share}")
+    by_code, plans, usable = _usable_schemes(pack, year, schemes)
+    if pending_share > 0 and not all(plans[c]["pending"] for c in usable):
+        raise ValueError("pending_share > 0 but a scheme has no pending injury cause in the pack")
+    n = int(n_visits)
+    n_persons = _n_persons(n, n_persons)
+
+    jan1 = int(np.datetime64(f"{year}-01-01", "D").astype(np.int64))   # days since 1970-01-01
+
+    # persons: scheme, categories, birth date, account balance, how often they visit
+    p = _person_columns(pack, by_code, usable, n_persons, rng_person, jan1)
+    p_scheme, cats, brdy, balance, frequency = p["scheme"], p["cats"], p["brdy"], p["balance"], p["frequency"]
 
     # visits: how many each person makes, then per scheme the med type and governing day
     person = np.repeat(np.arange(n_persons, dtype=np.int32),
@@ -288,22 +308,32 @@ def _visit_columns(pack: Pack, n_visits, rng_person, rng, n_persons, year, schem
         "acct_used": acct_used, "total": total, "profile": profile,
         "pools": {"schemes": usable, "group_codes": group_codes, "common": common,
                   "regions": other_regions, "inst": inst},
-        "year": year,
+        "year": year, "n_persons": n_persons,
     }
 
 
-def _visit_table(pack: Pack, v, medfee, extra=None, schema=VISIT_SCHEMA) -> pa.Table:
+def _id_width(first: int, n: int) -> int:
+    """Digits of the numbers of visit and person ids: at least 8, enough for the last one."""
+    return max(8, len(str(max(first + n - 1, 0))))
+
+
+def _category_strings(pack: Pack) -> list:
+    """psn_cats of every category bit mask: the names joined by commas, None for none."""
+    return [",".join(name for bit, name in enumerate(pack.categories) if mask >> bit & 1) or None
+            for mask in range(1 << len(pack.categories))]
+
+
+def _visit_table(pack: Pack, v, medfee, extra=None, schema=VISIT_SCHEMA, first_visit=0, first_person=0) -> pa.Table:
     n = len(v["person"])
     pools = v["pools"]
-    width = max(8, len(str(max(n - 1, 0))))
-    pwidth = max(8, len(str(int(v["person"].max(initial=0)))))
-    cat_strings = [",".join(name for bit, name in enumerate(pack.categories) if mask >> bit & 1) or None
-                   for mask in range(1 << len(pack.categories))]
+    width = _id_width(first_visit, n)
+    pwidth = _id_width(first_person, v["n_persons"])
+    cat_strings = _category_strings(pack)
     inst_codes = [f"H{pack.region}{lv + 1}{i + 1:04d}" for lv, k in enumerate(pools["inst"]) for i in range(k)]
     acct = v["acct"]
     cols = {
-        "mdtrt_id": _ids(f"MD{v['year']}", np.arange(n, dtype=np.int64), width),
-        "psn_no": _ids("P", v["person"], pwidth),
+        "mdtrt_id": _ids(f"MD{v['year']}", first_visit + np.arange(n, dtype=np.int64), width),
+        "psn_no": _ids("P", first_person + v["person"].astype(np.int64), pwidth),
         "insutype": _pick(pools["schemes"], v["scheme"]),
         "psn_cats": _pick(cat_strings, v["cats"]),
         "brdy": pa.array(v["brdy"], type=pa.date32()),
@@ -337,15 +367,35 @@ def _prices(catalogue, rng):
     return price.astype(np.int64)
 
 
+def synth_persons(pack: Pack, n_persons: int, seed: int = 0, year: int = 2013, schemes=None,
+                  first_person: int = 0) -> pa.Table:
+    """Every person ``synth_visits`` draws for the same seed, n_persons, year and schemes (with a visit
+    or not): psn_no, insutype, psn_cats, brdy, acct_balc (schemes with accounts)."""
+    by_code, _, usable = _usable_schemes(pack, year, schemes)
+    n_persons = _n_persons(0, n_persons)
+    jan1 = int(np.datetime64(f"{year}-01-01", "D").astype(np.int64))
+    p = _person_columns(pack, by_code, usable, n_persons, _streams(seed)[0], jan1)
+    return pa.table({
+        "psn_no": _ids("P", first_person + np.arange(n_persons, dtype=np.int64), _id_width(first_person, n_persons)),
+        "insutype": _pick(usable, p["scheme"]),
+        "psn_cats": _pick(_category_strings(pack), p["cats"]),
+        "brdy": pa.array(p["brdy"], type=pa.date32()),
+        "acct_balc": pa.array(p["balance"], mask=~p["acct"], type=pa.int64()),
+    })
+
+
 def synth_visits(pack: Pack, catalogue, n_visits: int, seed: int = 0, n_persons: int | None = None,
                  year: int = 2013, lines_per_visit: tuple[int, int] = (1, 12), schemes=None,
-                 pending_share: float = 0.0) -> tuple[pa.Table, pa.Table]:
+                 pending_share: float = 0.0, first_visit: int = 0,
+                 first_person: int = 0) -> tuple[pa.Table, pa.Table]:
     """(visits with VISIT_SCHEMA, lines with LINE_SCHEMA), valid for ``pack`` and ``catalogue``.
 
     n_persons: default n_visits / 2.5; year: every date lies in it; lines_per_visit: inclusive range
     of the number of lines of a visit (uniform); schemes: scheme codes to draw from (default all
     with a version in force in the year); pending_share: share of visits given a pending injury
-    cause (refused by Settle). Visits are in setl_time order; lines follow their visits.
+    cause (refused by Settle); first_visit, first_person: the numbers of the first visit id and
+    person number (a region drawn in several calls keeps its ids unique). Visits are in setl_time
+    order; lines follow their visits.
     """
     lo, hi = lines_per_visit
     if not 1 <= lo <= hi:
@@ -382,7 +432,7 @@ def synth_visits(pack: Pack, catalogue, n_visits: int, seed: int = 0, n_persons:
     amount = cnt * price
     medfee = np.add.reduceat(amount, offsets[:-1]) if m else np.zeros(0, np.int64)
 
-    visits = _visit_table(pack, v, medfee)
+    visits = _visit_table(pack, v, medfee, first_visit=first_visit, first_person=first_person)
     lines = pa.Table.from_arrays([
         visits.column("mdtrt_id").take(pa.array(visit_of_line)),
         pa.array(line_no, type=pa.int32()),
@@ -393,7 +443,8 @@ def synth_visits(pack: Pack, catalogue, n_visits: int, seed: int = 0, n_persons:
 
 
 def synth_precomputed(pack: Pack, n_visits: int, seed: int = 0, n_persons: int | None = None,
-                      year: int = 2013, schemes=None, pending_share: float = 0.0) -> pa.Table:
+                      year: int = 2013, schemes=None, pending_share: float = 0.0, first_visit: int = 0,
+                      first_person: int = 0) -> pa.Table:
     """Visits with the step-1 amounts (PRECOMPUTED_FIELDS) instead of lines: the benchmark's input.
 
     The same visits as ``synth_visits`` for the same arguments; the amounts split the target total:
@@ -415,4 +466,4 @@ def synth_precomputed(pack: Pack, n_visits: int, seed: int = 0, n_persons: int |
     extra = {"fulamt_ownpay_amt": pa.array(fulamt), "overlmt_selfpay": pa.array(overlmt),
              "preselfpay_amt": pa.array(preselfpay), "inscp_scp_amt": pa.array(inscp),
              "inscp_essential_amt": pa.array(essential)}
-    return _visit_table(pack, v, total, extra, PRECOMPUTED_SCHEMA)
+    return _visit_table(pack, v, total, extra, PRECOMPUTED_SCHEMA, first_visit, first_person)

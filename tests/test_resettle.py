@@ -70,6 +70,99 @@ def test_example_c_cli_under_the_august_version(c_file, tmp_path, capsys):
     assert "warning" in printed     # 1,000,000 income against about 443,000 spent: surplus above 15%
 
 
+def test_summary_prints_whole_figures_in_80_columns(tmp_path):
+    """Example C for 400 persons, printed by `medsettle resettle` in an 80-column terminal: every
+    money figure whole (nothing cut to "…"), levels by name.
+
+    Per person (SETTLEMENT.md section 8, C): old funds 53,376.00 + 250,000.00 (C1) + 0 (C2) + 10,000.00
+    (C3) = 313,376.00; new 53,376.00 + 369,636.80 + 10,000.00 + 10,000.00 = 443,012.80; cost 640,000.00."""
+    from server.cli import module_command
+    import os
+    import subprocess
+    rows = [dict(v, mdtrt_id=f"{v['mdtrt_id']}-{k}", psn_no=f"P{k:03d}") for k in range(400) for v in example_c()]
+    path = tmp_path / "c400.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    cmd, env = module_command("kernel.cli", "resettle", str(path), "--new-pack", DRAFT, "--out", str(tmp_path / "out"),
+                              "--report", "none")
+    done = subprocess.run(cmd, env=dict(env, COLUMNS="80"), capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout
+    assert max(len(line) for line in printed.splitlines()) <= 80 and "…" not in printed
+    expected = [
+        "125,350,400.00", "177,205,120.00", "+51,854,720.00",       # all funds: 400 x 313,376.00 / 443,012.80
+        "21,350,400.00",                                              # basic fund: 400 x 53,376.00 (capped)
+        "104,000,000.00", "155,854,720.00",                           # serious illness: 400 x 260,000.00 / 389,636.80
+        "130,649,600.00", "78,794,880.00", "-51,854,720.00",          # patient: 256,000,000.00 - funds
+        "121,350,400.00", "169,205,120.00", "+47,854,720.00",         # June: 400 x (53,376 + 250,000 / 369,636.80)
+        "4,000,000.00",                                               # July new, August old and new: 400 x 10,000.00
+    ]
+    for figure in expected:
+        assert figure in printed, figure
+    level = next(line for line in printed.splitlines() if "│ city or" in line)   # the name wraps
+    assert "125,350,400.00" in level and "177,205,120.00" in level      # every visit at level 3, by its name
+
+
+def test_yuan_flags_are_exact_fen():
+    from kernel.resettle import yuan_arg
+    income, carried = yuan_arg(), yuan_arg(signed=True)
+    assert income("648000000") == 64_800_000_000
+    assert income("4503599627370.49") == 450_359_962_737_049
+    assert income("1,234.5") == 123_450 and carried("-90000.25") == -9_000_025
+    for bad in ("1234.567", "0.125", "-5", "12e3", "", "abc"):        # a float would round 0.125 silently
+        with pytest.raises(Exception, match="at most two decimals"):
+            income(bad)
+
+
+def test_fund_income_with_three_decimals_is_refused(c_file, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["resettle", str(c_file), "--new-version", "2013-aug", "--out", str(tmp_path / "out"),
+              "--fund-income", "1000000.005"])
+    assert e.value.code == 2
+    assert "--fund-income" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_who_gains_by_region_and_category_with_a_region_file(tmp_path, capsys):
+    """Example C for two farmers: P3 insured in county B without a category, P4 in county I, a veteran
+    (no rule of the sample pack treats veterans differently: the same figures). Each is owed
+    129,636.80; person-times compensated: C1 and C3 before (C2: cap spent), all three after."""
+    rows = ([dict(v, mdtrt_id=f"{v['mdtrt_id']}-3", psn_no="P3", insu_admdvs="530321", psn_cats=None)
+             for v in example_c()]
+            + [dict(v, mdtrt_id=f"{v['mdtrt_id']}-4", psn_no="P4", insu_admdvs="530382", psn_cats="veteran")
+               for v in example_c()])
+    path = tmp_path / "c2.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    region = tmp_path / "region.json"
+    region.write_text(json.dumps({"counties": [{"code": "530321", "name": "county B", "enrollees": 4},
+                                               {"code": "530382", "name": "county I", "enrollees": 2}],
+                                  "enrollees": 6, "fund_income_yuan": 1_000_000}))
+    out = tmp_path / "out"
+    assert main(["resettle", str(path), "--new-pack", DRAFT, "--out", str(out), "--region", str(region),
+                 "--report", "html"]) == 0
+    persons = {r["psn_no"]: r for r in pq.read_table(out / "persons").to_pylist()}
+    assert (persons["P3"]["region"], persons["P3"]["psn_cats"], persons["P3"]["owed"]) == ("530321", None, 129_636_80)
+    assert (persons["P4"]["region"], persons["P4"]["psn_cats"], persons["P4"]["owed"]) == ("530382", "veteran",
+                                                                                           129_636_80)
+    gains = [(g["region"], g["psn_cats"], g["persons"], g["persons_owed"], g["owed"], g["recovered"])
+             for g in pq.read_table(out / "gains.parquet").to_pylist()]
+    assert gains == [("530321", None, 1, 1, 129_636_80, 0), ("530382", "veteran", 1, 1, 129_636_80, 0)]
+    summary = pq.read_table(out / "summary.parquet")
+    veteran = summary.filter(pc.equal(summary.column("psn_cats"), "veteran"))
+    assert pc.sum(veteran.column("delta_fund_pay_sumamt")).as_py() == 129_636_80
+    printed = capsys.readouterr().out
+    for line_start, figures in (("│ 530321", ["1", "129,636.80"]), ("│ 530382", ["1", "129,636.80"]),
+                                ("│ veteran", ["1", "129,636.80"]), ("│ none", ["1", "129,636.80"])):
+        line = next(x for x in printed.splitlines() if x.startswith(line_start) and "%" not in x)
+        assert all(f in line for f in figures), line
+    # coverage per county: 2 / 4 enrollees = 50% before, 3 / 4 = 75% after; county I 2 / 2, 3 / 2
+    assert "50% → 75%" in printed and "100% → 150%" in printed
+    # income from the region file: spent before 2 x 313,376.00 = 626,752.00 -> (1,000,000 - 626,752) / 1,000,000
+    # = 37.32%; after 2 x 443,012.80 = 886,025.60 -> 11.39% (bp rounded down)
+    assert "37.32%" in printed and "11.39%" in printed
+    html = (out / "report.html").read_text()
+    assert "530382 county I" in html and "who gains, by category" in html
+
+
 def test_example_c_cli_draft_pack(c_file, tmp_path):
     """基金测算: the draft (cap removed from 1 January) costed before enactment."""
     out = tmp_path / "out"
@@ -96,6 +189,27 @@ def test_draft_pack_versions():
     assert [v.id for v in rural.versions] == ["draft-2013-nocap"]
     assert rural.versions[0].serious_illness.cap is None
     assert rural.versions[0].effective_from == dt.date(2013, 1, 1)
+
+
+def test_ratio_draft_pack():
+    """The second shipped draft: inpatient ratios township 100%, county 90% (from 95%, 85%), city as
+    enacted, for the whole year. Hand computed (SETTLEMENT.md section 8's pack, class A only):
+    county, 20,000.00 in June: deductible 300; basic 85% x 19,700 = 16,745.00 -> 90% = 17,730.00 (+985.00);
+    serious illness 50% of the in-scope self-pay 3,255.00 = 1,627.50 -> of 2,270.00 = 1,135.00 (-492.50);
+    township, 5,000.00 in September: deductible 100; 95% x 4,900 = 4,655.00 -> 4,900.00 (+245.00);
+    city, 5,000.00: 65% either way."""
+    draft = str(shipped_pack_path("sample_rural_draft_ratio"))
+    (rural,) = load_policy(draft).schemes
+    assert [(v.id, v.serious_illness.cap) for v in rural.versions] == [("draft-ratio-2013-h1", 250_000 * Y),
+                                                                      ("draft-ratio-2013-aug", None)]
+    rows = [dict(c_visit("V2", (2013, 6, 15), 20_000, psn_no="P2"), medins_lv="2", dise_codg="K29.700"),
+            dict(c_visit("V1", (2013, 9, 10), 5_000, psn_no="P1"), medins_lv="1", dise_codg="K29.700"),
+            dict(c_visit("V3", (2013, 3, 1), 5_000, psn_no="P3"), dise_codg="K29.700")]
+    per_visit, persons, *_ = resettle_tables(PolicySpec(draft), pa.Table.from_pylist(rows), old=PolicySpec())
+    got = {r["mdtrt_id"]: (r["delta_hifp_pay"], r["delta_hifmi_pay"], r["delta_fund_pay_sumamt"])
+           for r in per_visit.to_pylist()}
+    assert got == {"V2": (985_00, -492_50, 492_50), "V1": (245_00, 0, 245_00), "V3": (0, 0, 0)}
+    assert {r["psn_no"]: r["owed"] for r in persons.to_pylist()} == {"P1": 245_00, "P2": 492_50, "P3": 0}
 
 
 # --- identities on generated visits -----------------------------------------------------------
@@ -192,6 +306,59 @@ def test_worker_processes_give_the_same_outputs(generated, tmp_path):
     assert runs[0].summary.equals(runs[1].summary) and runs[0].histogram == runs[1].histogram
 
 
+@pytest.fixture(scope="module")
+def with_lines(tmp_path_factory):
+    """8,000 generated visits with their line items (lines in row groups of 5,000)."""
+    from kernel.region import write_region
+    from kernel.api import Settler
+    s = Settler.from_files()
+    d = tmp_path_factory.mktemp("region-lines")
+    write_region(s.pack, s.catalogue, d, n_visits=8_000, seed=6, amounts="lines", row_group_size=5_000)
+    return d / "visits.parquet", d / "lines.parquet"
+
+
+def test_line_items_follow_their_visits_whatever_the_partitions(with_lines, raised, tmp_path):
+    """Line items routed to their visit's partition through the visit-id buckets: the same outputs
+    with 1 or 3 partitions, in 1 or 2 processes, as the in-memory run."""
+    visits, lines = with_lines
+    runs = []
+    for k, (parts, processes) in enumerate(((1, 1), (3, 1), (3, 2))):
+        plan = Plan(visits=str(visits), lines=str(lines), new=PolicySpec(raised), old=PolicySpec(),
+                    n_partitions=parts, partition_rows=3_000, processes=processes)
+        runs.append(resettle(plan, tmp_path / f"o{k}"))
+        assert runs[-1].partitions == parts
+    tables = [pq.read_table(tmp_path / f"o{k}" / "visits").sort_by("row") for k in range(3)]
+    assert tables[0].equals(tables[1]) and tables[0].equals(tables[2])
+    assert pc.sum(tables[0].column("delta_fund_pay_sumamt")).as_py() > 0
+    mem, *_ = resettle_tables(PolicySpec(raised), pq.read_table(visits), old=PolicySpec(), lines=pq.read_table(lines))
+    assert mem.sort_by("row").column("delta_fund_pay_sumamt").equals(tables[0].column("delta_fund_pay_sumamt"))
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_refuses_line_of_no_visit_and_bad_line(with_lines, tmp_path, processes):
+    """A line item whose visit is not in the visits, and a line whose amount is not cnt x pric: the
+    line's number in the lines file is named (across row groups and partitions), nothing is left."""
+    from kernel.errors import InputError
+    visits, lines = with_lines
+    t = pq.read_table(lines)
+    ids = t.column("mdtrt_id").to_pylist()
+    ids[12_345] = "NO-SUCH-VISIT"
+    orphan = tmp_path / "orphan.parquet"
+    pq.write_table(t.set_column(0, "mdtrt_id", pa.array(ids)), orphan, row_group_size=5_000)
+    amounts = t.column("det_item_fee_sumamt").to_pylist()
+    amounts[23_456] += 1
+    wrong = tmp_path / "wrong.parquet"
+    pq.write_table(t.set_column(t.schema.get_field_index("det_item_fee_sumamt"), "det_item_fee_sumamt",
+                                pa.array(amounts)), wrong, row_group_size=5_000)
+    for path, line, field in ((orphan, 12_346, "mdtrt_id"), (wrong, 23_457, "det_item_fee_sumamt")):
+        plan = Plan(visits=str(visits), lines=str(path), new=PolicySpec(None, "2013-aug"), old=PolicySpec(),
+                    n_partitions=3, partition_rows=3_000, processes=processes)
+        with pytest.raises(InputError) as e:
+            resettle(plan, tmp_path / "out")
+        assert (e.value.field, e.value.line, e.value.source) == (field, line, str(path))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["orphan.parquet", "wrong.parquet"]
+
+
 def test_prepared_once_settles_as_settle_table(generated, raised):
     """Settler.prepare + settle_prepared (one preparation, two packs) is settle_table, for each pack."""
     table = pq.read_table(generated).slice(0, 6_000)
@@ -205,7 +372,7 @@ def test_prepared_once_settles_as_settle_table(generated, raised):
 
 def test_person_totals_from_the_batch_equal_the_group_by(generated, raised):
     from kernel.resettle import person_totals
-    per_visit, persons, _, _ = resettle_tables(PolicySpec(raised), pq.read_table(generated), old=PolicySpec())
+    per_visit, persons, *_ = resettle_tables(PolicySpec(raised), pq.read_table(generated), old=PolicySpec())
     assert persons.equals(person_totals(per_visit))
 
 
@@ -275,6 +442,35 @@ def test_refuses_duplicated_visit(tmp_path, capsys):
     rows = many()
     rows.append(dict(rows[3], setl_time=dt.datetime(2013, 12, 1, 9)))
     refused(tmp_path, rows, capsys, "mdtrt_id", 8)
+
+
+def copy_visit_id_to_another_partition(visits_path, tmp_path, n_parts):
+    """The generated file with row 1's mdtrt_id copied onto a visit of a person in another partition
+    (as a faulty export would): returns (path, the copy's 1-based row, the id)."""
+    from kernel.resettle import partition_of
+    t = pq.read_table(visits_path)
+    part = partition_of(t.column("psn_no"), n_parts)
+    copy = int(np.flatnonzero(part != part[0])[100])       # a later visit of a person in another partition
+    ids = t.column("mdtrt_id").to_pylist()
+    ids[copy] = ids[0]
+    path = tmp_path / "dup.parquet"
+    pq.write_table(t.set_column(0, "mdtrt_id", pa.array(ids)), path, row_group_size=3_000)
+    return path, copy + 1, ids[0]
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_refuses_visit_id_of_two_persons_in_two_partitions(generated, tmp_path, processes):
+    """A visit id shared by two persons is refused whatever the partition count (each partition alone
+    holds it once): the later row is named, with the first, and nothing is left behind."""
+    from kernel.errors import InputError
+    path, row, value = copy_visit_id_to_another_partition(generated, tmp_path, 4)
+    plan = Plan(visits=str(path), new=PolicySpec(None, "2013-aug"), old=PolicySpec(), partition_rows=5_000,
+                processes=processes)
+    with pytest.raises(InputError) as e:
+        resettle(plan, tmp_path / "out")
+    assert (e.value.field, e.value.row, e.value.value) == ("mdtrt_id", row, value)
+    assert "the same as row 1" in str(e.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["dup.parquet"]
 
 
 def test_refuses_results_file_of_other_visits(c_file, tmp_path, capsys):

@@ -53,3 +53,29 @@ def test_dask_refuses_bad_input_and_leaves_nothing(tmp_path, client):
         resettle_dask(plan, tmp_path / "out", client)
     assert e.value.field == "inscp_scp_amt" and e.value.row == 5
     assert [p.name for p in tmp_path.iterdir()] == ["bad.parquet"]
+
+
+def test_dask_refuses_visit_id_of_two_persons(visits, client, tmp_path):
+    """A visit id shared by two persons in two partitions, refused on Dask as in one process."""
+    from test_resettle import copy_visit_id_to_another_partition
+    path, row, value = copy_visit_id_to_another_partition(visits, tmp_path, 4)
+    plan = Plan(visits=str(path), new=PolicySpec(None, "2013-aug"), old=PolicySpec(), partition_rows=3_000)
+    with pytest.raises(InputError) as e:
+        resettle_dask(plan, tmp_path / "out", client)
+    assert (e.value.field, e.value.row, e.value.value) == ("mdtrt_id", row, value)
+    assert "the same as row 1" in str(e.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["dup.parquet"]
+
+
+def test_dask_with_line_items_equals_single_process(client, tmp_path):
+    s = Settler.from_files()
+    d = tmp_path / "region"
+    write_region(s.pack, s.catalogue, d, n_visits=6_000, seed=12, amounts="lines", row_group_size=2_000)
+    plan = Plan(visits=str(d / "visits.parquet"), lines=str(d / "lines.parquet"), new=PolicySpec(None, "2013-aug"),
+                old=PolicySpec(), partition_rows=2_000)
+    one = resettle(plan, tmp_path / "one")
+    many = resettle_dask(plan, tmp_path / "dask", client)
+    assert one.partitions == many.partitions == 3
+    for part in ("visits", "persons"):
+        assert pq.read_table(tmp_path / "one" / part).equals(pq.read_table(tmp_path / "dask" / part))
+    assert one.summary.equals(many.summary) and one.gains.equals(many.gains)

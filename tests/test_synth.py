@@ -188,3 +188,29 @@ def test_precomputed_matches_visits(data):
     assert (f >= 0).all() and (o >= 0).all() and (p >= 0).all() and (i > 0).all()
     assert (e >= 0).all() and (e <= i).all() and 0.2 < (o > 0).mean() < 0.4
     assert synth_precomputed(PACK, N, seed=7).equals(pre)
+
+
+def test_persons_are_the_visits_persons_with_or_without_a_visit(data):
+    """synth_persons draws the persons synth_visits draws for the same seed: every person of a visit,
+    with the visit's scheme, categories and birth date, and the persons without a visit too."""
+    from kernel.synth import synth_persons
+    visits, _ = data
+    persons = synth_persons(PACK, N * 2 // 5, seed=7)         # synth_visits' default: n_visits / 2.5
+    assert persons.num_rows == N * 2 // 5 == pc.count_distinct(persons["psn_no"]).as_py()
+    j = visits.select(["psn_no", "insutype", "psn_cats", "brdy", "acct_balc"]).join(
+        persons, "psn_no", join_type="left outer", right_suffix="_p")
+    assert j.num_rows == N
+    for c in ("insutype", "brdy"):
+        assert pc.all(pc.equal(j[c], j[c + "_p"])).as_py()
+    assert j["psn_cats"].fill_null("").equals(j["psn_cats_p"].fill_null(""))
+    assert pc.count_distinct(visits["psn_no"]).as_py() < persons.num_rows
+
+
+def test_first_visit_and_person_numbers_continue_the_ids():
+    visits, lines = synth_visits(PACK, CAT, 50, seed=2, n_persons=20, first_visit=1_000, first_person=300)
+    assert visits["mdtrt_id"][0].as_py() == "MD201300001000" and visits["mdtrt_id"][-1].as_py() == "MD201300001049"
+    numbers = sorted(int(p[1:]) for p in pc.unique(visits["psn_no"]).to_pylist())
+    assert 300 <= numbers[0] and numbers[-1] < 320
+    assert set(pc.unique(lines["mdtrt_id"]).to_pylist()) == set(visits["mdtrt_id"].to_pylist())
+    same = synth_visits(PACK, CAT, 50, seed=2, n_persons=20)[0]
+    assert same.drop(["mdtrt_id", "psn_no"]).equals(visits.drop(["mdtrt_id", "psn_no"]))
