@@ -597,19 +597,22 @@ def _slots(psn_slot, scheme, year, n_persons, n_schemes):
     return slot_of_key, acc_slot.reshape(-1).astype(np.int32)
 
 
+# precomputed amount column -> its row of the item matrix
+_PRECOMPUTED_ITEM = {"fulamt_ownpay_amt": _I["I_FULAMT"], "overlmt_selfpay": _I["I_OVERLMT"],
+                     "preselfpay_amt": _I["I_PRESELFPAY"], "inscp_scp_amt": _I["I_INSCP"],
+                     "inscp_essential_amt": _I["I_INSCP_ESS"]}
+
+
 def _precomputed(visits, n, source):
     item = empty_large((N_ITEM, n), np.int64)
     item[:] = 0
-    names = {"fulamt_ownpay_amt": "I_FULAMT", "overlmt_selfpay": "I_OVERLMT",
-             "preselfpay_amt": "I_PRESELFPAY", "inscp_scp_amt": "I_INSCP",
-             "inscp_essential_amt": "I_INSCP_ESS"}
     for name, typ, required, _ in PRECOMPUTED_FIELDS:
         col = _column(visits, name, typ, required, source)
         if col is None:
             continue
         values = _ints(col, np.int64)
         _check_money(values, name, source, rows=ONE_BASED)
-        item[_I[names[name]]] = values
+        item[_PRECOMPUTED_ITEM[name]] = values
     bad = np.flatnonzero(item[_I["I_INSCP_ESS"]] > item[_I["I_INSCP"]])
     if bad.size:
         i = int(bad[0])
@@ -714,6 +717,10 @@ class OneVisitAdapter:
             self.spans.setdefault(compiled.scheme_index[v.scheme], []).append(
                 ((v.effective_from - self.epoch).days, to, vi))
         self.groups = {}             # (diagnosis, age) -> group
+        # each visit field's kind, decided once (not per call: this is the real-time path)
+        self.fields = [(name, "str" if pa.types.is_string(typ) else "date" if pa.types.is_date(typ)
+                        else "time" if pa.types.is_timestamp(typ) else "int", required)
+                       for name, typ, required, _ in VISIT_FIELDS]
 
     def _str(self, visit, name, required, source):
         value = visit.get(name)
@@ -751,16 +758,17 @@ class OneVisitAdapter:
 
     def prepare(self, visit: dict, lines, balance: int, source="visit", line_source="lines"):
         """-> (columns: dict of one-element arrays for the kernel, item (N_ITEM, 1), version, year)."""
+        import datetime as dt
         cp, pack = self.cp, self.cp.pack
         # field presence and types, in schema order (as prepare() checks columns)
         strings = {}
         dates = {}
-        for name, typ, required, _ in VISIT_FIELDS:
-            if pa.types.is_string(typ):
+        for name, kind, required in self.fields:
+            if kind == "str":
                 strings[name] = self._str(visit, name, required, source)
-            elif pa.types.is_date(typ):
+            elif kind == "date":
                 dates[name] = self._date(visit, name, required, source)
-            elif pa.types.is_timestamp(typ):
+            elif kind == "time":
                 dates[name] = self._date(visit, name, required, source, timestamp=True)
             else:
                 _scalar_int(name, visit.get(name), source=source)
@@ -817,7 +825,7 @@ class OneVisitAdapter:
                                  f"total is not the sum of the lines ({int(item[_I['I_MEDFEE'], 0])})",
                                  declared, row=1, mdtrt_id=strings["mdtrt_id"], source=source)
         rule = (version * cp.n_med_types + med_type) * cp.n_levels + level
-        year = int(np.datetime64(gov, "D").astype("datetime64[Y]").astype(int)) + 1970
+        year = (self.epoch + dt.timedelta(days=gov)).year
         cols = {"rule": np.array([rule], np.int32), "group": np.array([group], np.int16),
                 "cats": np.array([cats], np.int16), "cause": np.array([cause], np.int8),
                 "out_area": np.array([out_area], np.int8),
@@ -827,10 +835,7 @@ class OneVisitAdapter:
         return cols, item, version, year
 
     def _precomputed(self, visit, source):
-        item = np.zeros((N_ITEM, 1), dtype=np.int64)
-        names = {"fulamt_ownpay_amt": "I_FULAMT", "overlmt_selfpay": "I_OVERLMT",
-                 "preselfpay_amt": "I_PRESELFPAY", "inscp_scp_amt": "I_INSCP",
-                 "inscp_essential_amt": "I_INSCP_ESS"}
+        amount = [0] * N_ITEM                      # Python ints: one numpy array at the end
         for name, typ, required, _ in PRECOMPUTED_FIELDS:
             value = visit.get(name)
             if value is None:
@@ -841,13 +846,13 @@ class OneVisitAdapter:
                 continue
             value = _scalar_int(name, value, source=source)
             _check_money_one(value, name, source, row=1)
-            item[_I[names[name]], 0] = value
-        if item[_I["I_INSCP_ESS"], 0] > item[_I["I_INSCP"], 0]:
-            raise InputError("inscp_essential_amt", "exceeds inscp_scp_amt", int(item[_I["I_INSCP_ESS"], 0]),
+            amount[_PRECOMPUTED_ITEM[name]] = value
+        if amount[_I["I_INSCP_ESS"]] > amount[_I["I_INSCP"]]:
+            raise InputError("inscp_essential_amt", "exceeds inscp_scp_amt", amount[_I["I_INSCP_ESS"]],
                              row=1, source=source)
-        item[_I["I_MEDFEE"], 0] = item[1:5, 0].sum()
-        _check_money_one(int(item[_I["I_MEDFEE"], 0]), "medfee_sumamt", source, row=1)
-        return item
+        amount[_I["I_MEDFEE"]] = sum(amount[_I[k]] for k in ("I_FULAMT", "I_OVERLMT", "I_PRESELFPAY", "I_INSCP"))
+        _check_money_one(amount[_I["I_MEDFEE"]], "medfee_sumamt", source, row=1)
+        return np.array(amount, dtype=np.int64).reshape(N_ITEM, 1)
 
     def _itemize(self, visit, lines, source):
         from ._itemize import itemize

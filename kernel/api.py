@@ -434,8 +434,9 @@ class Settler:
             flags=int(flags[0]), acc_after=dict(zip(layout.ACC_COLS, acc_row[0].tolist())),
             balance_after=int(bal[0]),
             setldetail=[SetlDetail(*row) for row in self._detail.rows_of_one(
-                out, status, flags, cols["rule"], cols["group"], cols["cats"], cols["cause"], cols["out_area"],
-                item[_INSCP_ESS])])
+                amounts, code, int(flags[0]), *(int(cols[k][0]) for k in ("rule", "group", "cats", "cause",
+                                                                          "out_area")),
+                int(item[_INSCP_ESS, 0]))])
 
     def rule_label(self, rule: int) -> str:
         """The rule row in words: pack/scheme/version, med type, level."""

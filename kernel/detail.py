@@ -176,6 +176,7 @@ class DetailBuilder:
         self._versions = compiled.labels
         self._rule_labels: dict = {}         # rule row -> its words
         self._cache: dict = {}               # (fund, key values) -> Template
+        self._rules_ints = compiled.rules.tolist()   # the rules as Python ints, for one visit
 
     # --- labels ---------------------------------------------------------------------------------
 
@@ -213,7 +214,7 @@ class DetailBuilder:
         """Per fund: (applies, base, limit, paid, slot amounts) from the kernel's outputs (docs/data.md
         defines each base). The same arithmetic for a batch (numpy arrays, xp = _Vector) and for one
         visit (Python ints, xp = _Scalar)."""
-        R = self.cp.rules
+        R = self._rules_ints if xp is _Scalar else self.cp.rules
         settled = xp.isin(status, _SETTLED)
         inscp, hosp, ded, hifp, ratio = (col[k] for k in ("inscp_scp_amt", "hosp_part_amt", "act_pay_dedc",
                                                           "hifp_pay", "pool_prop_selfpay"))
@@ -287,13 +288,11 @@ class DetailBuilder:
             result.append(FundColumns(code, applies, base, limit, paid, amounts, template, templates))
         return result
 
-    def rows_of_one(self, out, status, flags, rule, group, cats, cause, out_area, inscp_ess) -> list[tuple]:
+    def rows_of_one(self, col: dict, status, flags, rule, group, cats, cause, out_area, inscp_ess) -> list[tuple]:
         """The rows of one visit, as funds() and table() give them for it in a batch:
-        (fund_pay_type, inscp_scp_amt, crt_payb_lmt_amt, fund_payamt, setl_proc_info)."""
-        status, flags, rule, group, cause, out_area, inscp_ess = (
-            int(np.asarray(a).reshape(-1)[0]) for a in (status, flags, rule, group, cause, out_area, inscp_ess))
-        cats = int(np.asarray(cats).reshape(-1)[0]) & 0xFF
-        col = dict(zip(layout.OUT_COLS, np.asarray(out).reshape(len(layout.OUT_COLS), -1)[:, 0].tolist()))
+        (fund_pay_type, inscp_scp_amt, crt_payb_lmt_amt, fund_payamt, setl_proc_info).
+        col: the visit's out columns by name; the rest its kernel inputs; all Python ints."""
+        cats &= 0xFF
         values = self._values(col, status, flags, rule, cats, inscp_ess, _Scalar)
         rows = []
         for code, _, _, _ in FUNDS:
@@ -532,5 +531,5 @@ class _Scalar:
         return value in values
 
     @staticmethod
-    def rules(R, rule, column):
-        return int(R[rule, column])
+    def rules(R, rule, column):              # R: the rules table as lists of ints
+        return R[rule][column]
