@@ -202,7 +202,8 @@ def _known(index, col, name, mapping, source):
 # The checks are made in the order prepare() has always made them: an error of the first part that
 # comes after a pack check in that order is held and raised by the second part at its place.
 
-_CODE_COLUMNS = ("insutype", "med_type", "medins_lv", "inj_cause", "psn_cats", "insu_admdvs", "mdtrt_admdvs")
+_CODE_COLUMNS = ("insutype", "med_type", "medins_lv", "inj_cause", "psn_cats", "insu_admdvs", "mdtrt_admdvs",
+                 "fixmedins_type")
 
 
 @dataclass
@@ -338,6 +339,10 @@ def prepare_visits(visits: pa.Table, lines: pa.Table | None = None, source="visi
     filed = _ints(col["out_filing_flag"], np.int8)
     referral = _ints(col["refl_flag"], np.int8)
     referral = np.zeros(n, np.int8) if referral is None else referral
+    if col["psn_fst_medins_code"] is not None and col["fixmedins_code"] is not None:
+        # at the person's own first-visit institution (首诊/签约机构) no referral is needed
+        at_first = pc.fill_null(pc.equal(col["fixmedins_code"], col["psn_fst_medins_code"]), False)
+        referral = referral | np.asarray(at_first, np.int8)
     bed_days = _ints(col["ipt_days"], np.int32)
     bed_days = np.zeros(n, np.int32) if bed_days is None else bed_days
     acct_used = _ints(col["acct_used_flag"], np.int8)
@@ -438,6 +443,7 @@ def prepare_for_pack(compiled, catalogue, batch: VisitBatch) -> Prepared:
     scheme = _known_codes(batch, "insutype", compiled.scheme_of, compiled.scheme_index)
     med_type = _known_codes(batch, "med_type", compiled.med_type_of, compiled.med_type_index)
     level = _known_codes(batch, "medins_lv", compiled.level_of, compiled.level_index)
+    _check_kinds(batch, pack, med_type)
     if col["inj_cause"] is None:
         cause = np.full(n, compiled.cause_index["none"], dtype=np.int16)
     else:
@@ -530,6 +536,36 @@ def prepare_for_pack(compiled, catalogue, batch: VisitBatch) -> Prepared:
         slot_psn=slot_of_key // 10000 // n_schemes, slot_scheme=(slot_of_key // 10000) % n_schemes,
         slot_year=(slot_of_key % 10000).astype(np.int32), version=take(version, np.int32),
         year=take(year, np.int32))
+
+
+def kind_error(pack, med_type: int, kind: str, row, source) -> InputError | None:
+    """fixmedins_type must be one of the pack's institution kinds (when it names any), and one
+    that settles the visit's med type (when the med type lists kinds). None when it is good."""
+    if not pack.institution_kinds:
+        return None
+    if kind not in pack.institution_kinds:
+        return InputError("fixmedins_type", f"unknown institution kind (known: {', '.join(pack.institution_kinds)})",
+                          kind, row=row, source=source)
+    allowed = pack.med_types[med_type].kinds
+    if allowed and kind not in allowed:
+        return InputError("fixmedins_type", f"med type {pack.med_types[med_type].code} is not settled at "
+                          f"this kind of institution (settled at: {', '.join(allowed)})", kind, row=row,
+                          source=source)
+    return None
+
+
+def _check_kinds(batch, pack, med_type):
+    """kind_error at the first visit (input order) whose institution kind is refused."""
+    if not pack.institution_kinds or "fixmedins_type" not in batch.codes:
+        return
+    dictionary, idx = batch.codes["fixmedins_type"]
+    kinds = dictionary.to_pylist()
+    # (med type, kind) pairs are few: check each once, then find the first visit of a bad one
+    bad_pairs = {(m, k) for m, k in set(zip(med_type.tolist(), idx.tolist()))
+                 if k >= 0 and kind_error(pack, m, kinds[k], None, None) is not None}
+    if bad_pairs:
+        i = next(i for i, pair in enumerate(zip(med_type.tolist(), idx.tolist())) if pair in bad_pairs)
+        raise kind_error(pack, int(med_type[i]), kinds[idx[i]], i + 1, batch.source)
 
 
 def region_error(pack, field, code, row, source) -> InputError | None:
@@ -775,6 +811,10 @@ class OneVisitAdapter:
         scheme = self._code(strings["insutype"], cp.scheme_index, "insutype", source)
         med_type = self._code(strings["med_type"], cp.med_type_index, "med_type", source)
         level = self._code(strings["medins_lv"], cp.level_index, "medins_lv", source)
+        if strings["fixmedins_type"] is not None:
+            error = kind_error(pack, med_type, strings["fixmedins_type"], 1, source)
+            if error is not None:
+                raise error
         cause = self._code(strings["inj_cause"] or "none", cp.cause_index, "inj_cause", source)
         cats = 0
         for name in filter(None, (t.strip() for t in (strings["psn_cats"] or "").split(","))):
@@ -829,7 +869,9 @@ class OneVisitAdapter:
         cols = {"rule": np.array([rule], np.int32), "group": np.array([group], np.int16),
                 "cats": np.array([cats], np.int16), "cause": np.array([cause], np.int8),
                 "out_area": np.array([out_area], np.int8),
-                "referral": np.array([1 if visit.get("refl_flag") else 0], np.int8),
+                "referral": np.array([1 if visit.get("refl_flag") or (
+                    strings["psn_fst_medins_code"] is not None
+                    and strings["psn_fst_medins_code"] == strings["fixmedins_code"]) else 0], np.int8),
                 "bed_days": np.array([bed_days], np.int32),
                 "acct_used": np.array([1 if visit.get("acct_used_flag") else 0], np.int8)}
         return cols, item, version, year

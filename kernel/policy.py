@@ -106,6 +106,7 @@ class MedType(_S, kw_only=True):
     name: str
     pool: Literal["inpatient", "outpatient"] = "inpatient"   # which basic-fund accumulator
     admission: bool = False      # counts as an admission (nth-admission deductible rules)
+    kinds: list[str] = []        # institution kinds that settle it (a pharmacy: no admissions); [] any
 
 
 class DiseaseGroup(_S, kw_only=True):
@@ -253,6 +254,7 @@ class Pack(_S, kw_only=True):
     regions: list[str] = []      # every code of the pooling region (its counties / districts); default [region]
     description: str = ""
     unknown_codes: Literal["refuse", "selfpay"] = "refuse"
+    institution_kinds: list[str] = []   # kinds of institution (定点医药机构类别) a visit's fixmedins_type names
     categories: list[str] = msgspec.field(default_factory=lambda: list(STANDARD_CATEGORIES))  # at most 8: bit i of a visit's category mask
     injury_causes: list[str] = msgspec.field(default_factory=lambda: list(STANDARD_CAUSES))  # at most 63
     levels: list[Level]
@@ -473,6 +475,9 @@ def validate(pack: Pack, source="<pack>") -> None:
         fail("$.regions", f"must include the pack's region {pack.region!r}, got {pack.regions!r}")
     unique(levels, "$.levels", "level code")
     unique(med_types, "$.med_types", "med type code")
+    unique(pack.institution_kinds, "$.institution_kinds", "institution kind")
+    for i, mt in enumerate(pack.med_types):
+        known_all(mt.kinds, pack.institution_kinds, f"$.med_types[{i}].kinds", "institution kind")
     unique(groups, "$.disease_groups", "disease group code")
     unique(cats, "$.categories", "category")
     unique(causes, "$.injury_causes", "injury cause")

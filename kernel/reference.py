@@ -314,6 +314,13 @@ class _Ctx:
         return self.med_type.pool
 
 
+def at_first_visit_institution(visit: dict) -> bool:
+    """Treated at the person's own first-visit / contracted institution (首诊/签约机构): the visit
+    needs no referral there."""
+    first = visit.get("psn_fst_medins_code")
+    return first is not None and first == visit.get("fixmedins_code")
+
+
 def _context(pack: Pack, visit: dict) -> tuple[_Ctx, datetime.date]:
     mdtrt_id = visit.get("mdtrt_id")
     scheme, version = select_version(pack, visit.get("insutype"), visit)
@@ -354,7 +361,7 @@ def _context(pack: Pack, visit: dict) -> tuple[_Ctx, datetime.date]:
     policy_version = f"{pack.name}/{scheme.code}/{version.id}"
     ctx = _Ctx(pack=pack, scheme=scheme, version=version, med_type=med_type, level=level, rule=rule,
                group=group, disease=disease, cats=cats, cause=cause, out_area=out_area,
-               referral=bool(visit.get("refl_flag")), bed_days=bed_days,
+               referral=bool(visit.get("refl_flag")) or at_first_visit_institution(visit), bed_days=bed_days,
                acct_used=bool(visit.get("acct_used_flag")),
                label=f"rule {policy_version}, {med_type.name}, {level.name}",
                policy_version=policy_version)

@@ -18,6 +18,10 @@ VISIT_FIELDS = [
     ("insu_admdvs", pa.string(), False, "insured region (参保地), one of the pack's regions; default: its region"),
     ("acct_balc", pa.int64(), False, "personal-account balance before the person's first visit in the file"),
     ("fixmedins_code", pa.string(), False, "institution code"),
+    ("fixmedins_type", pa.string(), False, "institution kind, one of the pack's institution_kinds "
+                                            "(e.g. hospital, pharmacy)"),
+    ("psn_fst_medins_code", pa.string(), False, "the person's first-visit / contracted institution "
+                                                 "(首诊/签约机构): a visit there needs no referral"),
     ("medins_lv", pa.string(), True, "institution level code of the pack"),
     ("mdtrt_admdvs", pa.string(), False, "treatment region (就医地), a 6-digit code; default: the insured region"),
     ("out_filing_flag", pa.bool_(), False, "out-of-area treatment was filed (异地备案)"),

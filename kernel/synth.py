@@ -330,6 +330,13 @@ def _visit_table(pack: Pack, v, medfee, extra=None, schema=VISIT_SCHEMA, first_v
     pwidth = _id_width(first_person, v["n_persons"])
     cat_strings = _category_strings(pack)
     inst_codes = [f"H{pack.region}{lv + 1}{i + 1:04d}" for lv, k in enumerate(pools["inst"]) for i in range(k)]
+    # each person's first-visit (首诊/签约) institution is a township one (the first level's); four
+    # in five of their township visits are there (no draw: the other columns keep their values)
+    first_inst = (first_person + v["person"].astype(np.int64)) % pools["inst"][0]
+    own = (v["level"] == 0) & ((first_visit + np.arange(n)) % 5 != 0)
+    institution = np.where(own, first_inst, v["institution"])
+    # the institution kind: the first a med type is settled at, when the pack names kinds
+    kinds = [(m.kinds or pack.institution_kinds or [None])[0] for m in pack.med_types]
     acct = v["acct"]
     cols = {
         "mdtrt_id": _ids(f"MD{v['year']}", first_visit + np.arange(n, dtype=np.int64), width),
@@ -339,7 +346,9 @@ def _visit_table(pack: Pack, v, medfee, extra=None, schema=VISIT_SCHEMA, first_v
         "brdy": pa.array(v["brdy"], type=pa.date32()),
         "insu_admdvs": pa.nulls(n, pa.string()),
         "acct_balc": pa.array(v["balance"], mask=~acct, type=pa.int64()),
-        "fixmedins_code": _pick(inst_codes, v["institution"]),
+        "fixmedins_code": _pick(inst_codes, institution),
+        "fixmedins_type": _pick(kinds, v["med_type"]),
+        "psn_fst_medins_code": _pick(inst_codes, first_inst),
         "medins_lv": _pick([lv.code for lv in pack.levels], v["level"]),
         "mdtrt_admdvs": _pick(pools["regions"], v["region"]),
         "out_filing_flag": pa.array(v["filed"]),

@@ -406,6 +406,8 @@ BAD = {
                              "inj_cause", 0),
     "unknown region": (wire_visit("X", insu_admdvs="ZZZ", mdtrt_admdvs="QQQ"), [line(1)],
                        "INVALID_ARGUMENT", "insu_admdvs", 0),
+    "admission at a pharmacy": (wire_visit("X", fixmedins_type="pharmacy"), [line(1)],
+                                "INVALID_ARGUMENT", "fixmedins_type", 0),
     "malformed treatment region": (wire_visit("X", mdtrt_admdvs="QQQ"), [line(1)], "INVALID_ARGUMENT",
                                    "mdtrt_admdvs", 0),
     "overflow": (wire_visit("X"), [line(1, cnt=3, pric=2**62, amount=0)], "INVALID_ARGUMENT",
