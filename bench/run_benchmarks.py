@@ -412,8 +412,7 @@ def render(m: dict, sizes: list[dict], ref: dict | None, srv: dict | None, repea
           "`tests/test_peers.py` on a small input where every cap binds.", ""]
     if srv:
         L += render_server(srv)
-    L += ["## Reproduce", "", "```", "pip install -e '.[bench,report]'      # polars, duckdb, hdrhistogram, matplotlib",
-          "python setup.py build_ext --inplace",
+    L += ["## Reproduce", "", "```", "pip install '.[bench]'                  # the kernel, Polars and DuckDB",
           "python bench/run_benchmarks.py --quick   # the whole harness at 20k visits, ~15 s: does it run?",
           "python bench/run_benchmarks.py           # writes BENCHMARKS.md",
           "medsettle serve & medsettle loadtest --concurrency 64 --duration 60   # by hand", "```", ""]

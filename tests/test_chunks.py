@@ -10,14 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from kernel import chunks
-from kernel.api import Settler, shipped_pack_path
 from kernel.errors import InputError
 from kernel.synth import synth_precomputed, synth_visits
-
-
-@pytest.fixture(scope="module")
-def city():
-    return Settler.from_files(shipped_pack_path("sample_city"))
 
 
 @pytest.fixture(scope="module")

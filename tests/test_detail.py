@@ -30,16 +30,6 @@ def visit(mdtrt_id, psn_no="P1", insutype="rural", level="2", med_type="21", end
     return v
 
 
-@pytest.fixture(scope="module")
-def rural():
-    return Settler.from_files(shipped_pack_path("sample_rural"))
-
-
-@pytest.fixture(scope="module")
-def city():
-    return Settler.from_files(shipped_pack_path("sample_city"))
-
-
 def detail_of(settler, visits):
     """{mdtrt_id: {fund: row}} of settle_table's detail table."""
     detail = settler.settle_table(pa.Table.from_pylist(visits), detail=True).detail

@@ -47,16 +47,6 @@ def settle(settler, visits, lines=None):
 
 
 @pytest.fixture(scope="module")
-def rural():
-    return Settler.from_files(shipped_pack_path("sample_rural"))
-
-
-@pytest.fixture(scope="module")
-def city():
-    return Settler.from_files(shipped_pack_path("sample_city"))
-
-
-@pytest.fixture(scope="module")
 def example_catalogue(tmp_path_factory):
     path = tmp_path_factory.mktemp("cat") / "catalogue.csv"
     path.write_text("code,name,class,prepay_bp,ceiling_price,essential\n"
