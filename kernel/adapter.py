@@ -380,8 +380,7 @@ def prepare_visits(visits: pa.Table, lines: pa.Table | None = None, source="visi
     del setl_sec
     psn_names = psn.dictionary
     # opening balance of a person: acct_balc on their first visit in processing order
-    first = np.full(len(psn_names), -1, dtype=np.int64)
-    first[psn_idx[order[::-1]]] = order[::-1]
+    first = order[first_index(psn_idx[order], len(psn_names))]
     balance = opening[first].astype(np.int64)
 
     def take(a, dtype):
@@ -528,13 +527,14 @@ def prepare_for_pack(compiled, catalogue, batch: VisitBatch) -> Prepared:
         slot_of_key, acc_slot = _slots(batch.psn_slot, scheme_p, year_p, len(batch.psn_names), n_schemes)
         batch.cache["slots"] = (n_schemes, scheme_p, year_p, slot_of_key, acc_slot)
 
+    slot_psn, slot_scheme, slot_year = slot_parts(slot_of_key, n_schemes)
     return Prepared(
         order=order, in_input_order=batch.in_input_order, item=item, rule=take(rule, np.int32), group=take(group, np.int16),
         cats=take(cats, np.int16), cause=take(cause, np.int8), out_area=take(out_area, np.int8),
         referral=batch.referral, bed_days=batch.bed_days, acct_used=batch.acct_used, acc_slot=acc_slot,
         psn_slot=batch.psn_slot, balance=batch.balance, psn_names=batch.psn_names,
-        slot_psn=slot_of_key // 10000 // n_schemes, slot_scheme=(slot_of_key // 10000) % n_schemes,
-        slot_year=(slot_of_key % 10000).astype(np.int32), version=take(version, np.int32),
+        slot_psn=slot_psn, slot_scheme=slot_scheme, slot_year=slot_year.astype(np.int32),
+        version=take(version, np.int32),
         year=take(year, np.int32))
 
 
@@ -602,6 +602,32 @@ def _treated_away(batch, pack):
     return away[idx]
 
 
+def slot_key(person, scheme, year, n_schemes):
+    """The key of an accumulator row: (person * n_schemes + scheme) * 10000 + year (ascending by
+    person, then scheme, then year)."""
+    return (person * n_schemes + scheme) * 10000 + year
+
+
+def slot_parts(key, n_schemes):
+    """(person, scheme, year) of slot keys."""
+    person, scheme = np.divmod(key // 10000, n_schemes)
+    return person, scheme, key % 10000
+
+
+def first_index(key: np.ndarray, n_keys: int, last: bool = False) -> np.ndarray:
+    """Per key 0..n_keys-1 the position of its first (last=True: last) occurrence in `key`, -1 where
+    it does not occur. By ufunc.at: a fancy assignment with repeated keys has no defined order."""
+    position = np.arange(len(key), dtype=np.int64)
+    if last:
+        out = np.full(n_keys, -1, np.int64)
+        np.maximum.at(out, key, position)
+        return out
+    out = np.full(n_keys, len(key), np.int64)
+    np.minimum.at(out, key, position)
+    out[out == len(key)] = -1
+    return out
+
+
 def _slots(psn_slot, scheme, year, n_persons, n_schemes):
     """(slot keys (person * n_schemes + scheme) * 10000 + year, ascending; int32 slot per visit).
     Persons, schemes and the few years of a batch make a small dense key space: marking the keys
@@ -626,9 +652,9 @@ def _slots(psn_slot, scheme, year, n_persons, n_schemes):
             acc_slot = number[key]
             del key, number
             person, rest = np.divmod(dense, width)
-            slot_of_key = (person * n_schemes + rest // years) * 10000 + (rest % years + year_lo)
+            slot_of_key = slot_key(person, rest // years, rest % years + year_lo, n_schemes)
             return slot_of_key, acc_slot
-    key = (psn_slot.astype(np.int64) * n_schemes + scheme) * 10000 + year
+    key = slot_key(psn_slot.astype(np.int64), scheme, year, n_schemes)
     slot_of_key, acc_slot = np.unique(key, return_inverse=True)
     return slot_of_key, acc_slot.reshape(-1).astype(np.int32)
 

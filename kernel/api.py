@@ -113,20 +113,21 @@ class _Summary:
         return {_STATUS_NAMES[i]: int(c) for i, c in enumerate(self.by_status) if c}
 
 
-class _PartialParquet:
+class PartialParquet:
     """A Parquet file written table by table under a temporary name beside the target, renamed
     on commit: no partial output is ever left."""
 
-    def __init__(self, path):
+    def __init__(self, path, row_group_size=1_000_000):
         self.path = Path(path)
         self.tmp = self.path.with_name(self.path.name + ".partial")
+        self.row_group_size = row_group_size
         self.writer = None
 
     def write(self, table: pa.Table):
         if self.writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.writer = pq.ParquetWriter(self.tmp, table.schema)
-        self.writer.write_table(table, row_group_size=1_000_000)
+        self.writer.write_table(table, row_group_size=self.row_group_size)
 
     def commit(self):
         if self.writer is not None:
@@ -318,7 +319,7 @@ class Settler:
         visits, lines = (read_table(x) if isinstance(x, (str, Path)) and chunks.is_csv(x) else x
                          for x in (visits, lines))
         total = chunks.count_rows(visits)
-        outputs = [_PartialParquet(out_path)] + ([_PartialParquet(detail_path)] if detail_path else [])
+        outputs = [PartialParquet(out_path)] + ([PartialParquet(detail_path)] if detail_path else [])
         Path(out_path).parent.mkdir(parents=True, exist_ok=True)
         try:
             with tempfile.TemporaryDirectory(dir=Path(out_path).parent, prefix=".medsettle-spill-") as spill:
@@ -497,11 +498,10 @@ def read_table(path) -> pa.Table:
 
 
 def write_atomic(table: pa.Table, path, row_group_size=1_000_000) -> None:
-    """Write to a temporary file beside the target and rename: no partial output is ever left."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
+    """Write a whole table under a temporary name beside the target and rename: no partial output."""
+    out = PartialParquet(path, row_group_size)
     try:
-        pq.write_table(table, tmp, row_group_size=row_group_size)
-        tmp.replace(path)
+        out.write(table)
+        out.commit()
     finally:
-        tmp.unlink(missing_ok=True)
+        out.discard()

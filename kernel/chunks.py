@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .adapter import first_index, slot_key, slot_parts
 from .errors import InputError
 from .layout import ACC_COLS
 
@@ -106,11 +107,9 @@ class Carry:
         known = self.persons.lookup(prep.psn_names)
         setl = np.asarray(batch.col["setl_time"].cast(pa.timestamp("s")).cast(pa.int64()), np.int64)
         setl = setl if prep.in_input_order else setl[prep.order]
-        n, persons = len(setl), len(known)
-        first = np.zeros(persons, np.int64)
-        first[prep.psn_slot[::-1]] = np.arange(n - 1, -1, -1)   # each person's first visit in processing order
-        last = np.zeros(persons, np.int64)
-        last[prep.psn_slot] = np.arange(n)
+        persons = len(known)
+        first = first_index(prep.psn_slot, persons)           # each person's first visit in processing order
+        last = first_index(prep.psn_slot, persons, last=True)
         carried = np.flatnonzero(known >= 0)
         if np.any(setl[first[carried]] < self.last_setl[known[carried]]):
             raise OutOfOrder()
@@ -119,7 +118,7 @@ class Carry:
         new = known < 0
         number = known.copy()
         number[new] = self.persons.size + np.arange(int(new.sum()))
-        key = (number[prep.slot_psn] * self.n_schemes + prep.slot_scheme) * 10000 + prep.slot_year
+        key = slot_key(number[prep.slot_psn], prep.slot_scheme, prep.slot_year, self.n_schemes)
         at = np.minimum(np.searchsorted(self.keys, key), max(len(self.keys) - 1, 0))
         found = (at < len(self.keys)) & (self.keys[at] == key) if len(self.keys) else np.zeros(len(key), bool)
         acc = np.zeros((len(key), len(ACC_COLS)), np.int64)
@@ -144,10 +143,10 @@ class Carry:
 
     def accumulators(self, scheme_codes) -> pa.Table:
         """The accumulators after the file, as settle_table's BatchResult.accumulators."""
-        person, rest = np.divmod(self.keys // 10000, self.n_schemes)
+        person, scheme, year = slot_parts(self.keys, self.n_schemes)
         cols = {"psn_no": self.persons.take(person),
-                "insutype": pa.array(scheme_codes, pa.string()).take(pa.array(rest)),
-                "year": pa.array(self.keys % 10000, pa.int32())}
+                "insutype": pa.array(scheme_codes, pa.string()).take(pa.array(scheme)),
+                "year": pa.array(year, pa.int32())}
         for k, name in enumerate(ACC_COLS):
             cols[name] = pa.array(self.acc[:, k])
         return pa.table(cols)

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import layout
+from .adapter import first_index
 
 # fund_pay_type, its pay column, its limit column, its name in words
 FUNDS = [("hifp", "hifp_pay", "hifp_lmt", "basic pooled fund (统筹基金)"),
@@ -157,9 +158,7 @@ def _distinct(columns: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         code = code * span + (col - lo)
         width *= span
     code, _ = _dense(code)
-    first = np.empty(int(code.max()) + 1, np.int64)
-    first[code[::-1]] = np.arange(n - 1, -1, -1)     # the last write is the first row of each code
-    return code, first
+    return code, first_index(code, int(code.max()) + 1)
 
 
 def _dense(key: np.ndarray) -> tuple[np.ndarray, int]:
@@ -228,7 +227,8 @@ class DetailBuilder:
         uplift = xp.rules(R, rule, _C["R_ESS_UPLIFT"])
         quota = (flags & (_bit("F_QUOTA") | _bit("F_BEDDAY"))) != 0
         raw = xp.where(quota, eligible * ratio,
-                       (eligible - elig_ess) * ratio + elig_ess * xp.minimum(10000, ratio + uplift))
+                       (eligible - elig_ess) * ratio
+                       + elig_ess * xp.maximum(0, xp.minimum(10000, ratio + uplift)))   # as the chain clamps
         recomputed = (raw + 5000) // 10000
         recomputed = xp.where(cap_left >= 0, xp.minimum(recomputed, xp.maximum(cap_left, 0)), recomputed)
         before_topup = xp.where((flags & _AFTER_TOPUP) == _bit("F_GM_TOPUP"), recomputed, hifp)

@@ -275,6 +275,7 @@ def write_region(pack, catalogue, out_dir, n_visits: int | None = None, enrollee
                  seed: int = 1, amounts: str = "lines", row_group_size: int = 500_000, progress=None) -> dict:
     """visits.parquet (+ lines.parquet), persons.parquet (every enrollee), institutions.parquet and
     region.json in out_dir. Drawn in chunks of at most PERSONS_PER_CHUNK persons: memory is a chunk's."""
+    from .api import PartialParquet
     n_visits, enrollees = region_sizes(n_visits, enrollees)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -282,12 +283,12 @@ def write_region(pack, catalogue, out_dir, n_visits: int | None = None, enrollee
     visits_per, persons_per = _split(n_visits, shares), _split(enrollees, shares)
     n_high = round(enrollees * HIGH_COST_PER_ENROLLEE)
     high_per, strata = _split(n_high, shares), high_cost_strata(n_high, seed)
-    writers, counties, by_category = {}, [], {}
+    outputs, counties, by_category = {}, [], {}
 
     def write(name, table):
-        if name not in writers:
-            writers[name] = pq.ParquetWriter(out / f"{name}.parquet.partial", table.schema)
-        writers[name].write_table(table, row_group_size=row_group_size)
+        if name not in outputs:
+            outputs[name] = PartialParquet(out / f"{name}.parquet", row_group_size)
+        outputs[name].write(table)
 
     try:
         for k, (code, name, _) in enumerate(COUNTIES):
@@ -317,11 +318,12 @@ def write_region(pack, catalogue, out_dir, n_visits: int | None = None, enrollee
                 by_category[c] = by_category.get(c, 0) + n
             if progress:
                 progress()
-    finally:
-        for w in writers.values():
-            w.close()
-    for name in writers:
-        (out / f"{name}.parquet.partial").replace(out / f"{name}.parquet")
+    except BaseException:
+        for o in outputs.values():         # nothing half-written is left
+            o.discard()
+        raise
+    for o in outputs.values():
+        o.commit()
     pq.write_table(institutions(), out / "institutions.parquet")
     meta = {"prefecture": PREFECTURE, "counties": counties, "enrollees": enrollees,
             "enrollees_by_category": by_category, "visits": n_visits, "seed": seed, "amounts": amounts,

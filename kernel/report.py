@@ -52,7 +52,17 @@ def read_region(path) -> dict:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise InputError("--region", f"not a region file (counties with code and enrollees): {e}", str(path)) from None
     enrollees = int(meta.get("enrollees", sum(c["enrollees"] for c in counties)))
-    return {"counties": counties, "enrollees": enrollees, "fund_income_yuan": meta.get("fund_income_yuan")}
+    income = meta.get("fund_income_yuan")
+    if income is not None:                 # yuan, exactly: an integer or a decimal string, never a float
+        from .policy import fen_of_yuan
+        try:
+            if isinstance(income, bool) or not isinstance(income, (int, str)):
+                raise ValueError
+            income = fen_of_yuan(str(income))
+        except ValueError:
+            raise InputError("fund_income_yuan", "yuan as an integer or a string with at most two "
+                             "decimals", income, source=str(path)) from None
+    return {"counties": counties, "enrollees": enrollees, "fund_income": income}
 
 
 @dataclass

@@ -737,7 +737,7 @@ def _rank(strings: pa.Array) -> np.ndarray:
 
 
 def _person_totals(batch, delta: np.ndarray, region: pa.Array, psn_cats: pa.Array) -> pa.Table:
-    """person_totals from the prepared batch (visits grouped by person in processing order) and
+    """Per person from the prepared batch (visits grouped by person in processing order) and
     the deltas (len(COMPARED), n) in processing order: no string grouping, no Python per person.
     region, psn_cats: per visit in input order; a person's are those of their first visit."""
     n = batch.n
@@ -780,40 +780,6 @@ def _empty_persons() -> pa.Table:
     return pa.table(cols)
 
 
-def person_totals(per_visit: pa.Table) -> pa.Table:
-    """Per person: region and categories (of the first visit), visits, visits whose result changed,
-    delta per fund, owed (补付) / recovered (追回).
-
-    Owed is what the patient paid too much (their share fell): -sum(delta psn_part_amt) when positive."""
-    changed = pc.cast(pc.not_equal(per_visit.column("delta_fund_pay_sumamt"), 0), pa.int64())
-    t = per_visit.select(["psn_no", "insutype", "region", "psn_cats"] + [f"delta_{c}" for c in COMPARED]
-                         ).append_column("changed", changed)
-    g = t.group_by(["psn_no", "insutype"], use_threads=False).aggregate(
-        [("region", "first"), ("psn_cats", "first"), ("changed", "count"), ("changed", "sum")]
-        + [(f"delta_{c}", "sum") for c in COMPARED])
-    g = g.rename_columns(_renamed(g))
-    g = g.select(["psn_no", "insutype", "region", "psn_cats", "visits", "visits_changed"]
-                 + [f"delta_{c}" for c in COMPARED])
-    net = -np.asarray(g.column("delta_psn_part_amt"))
-    g = g.append_column("owed", pa.array(np.maximum(net, 0)))
-    g = g.append_column("recovered", pa.array(np.maximum(-net, 0)))
-    return g.sort_by([("psn_no", "ascending"), ("insutype", "ascending")])
-
-
-def _renamed(g: pa.Table) -> list:
-    names = []
-    for name in g.column_names:
-        if name == "changed_count":
-            names.append("visits")
-        elif name == "changed_sum":
-            names.append("visits_changed")
-        elif name.endswith("_sum") or name.endswith("_first"):
-            names.append(name.rpartition("_")[0])
-        else:
-            names.append(name)
-    return names
-
-
 def summary_partial(per_visit: pa.Table) -> pa.Table:
     """Sums by KEYS: visits, cost, and per compared column old/new/delta and person-times > 0."""
     cols = {k: per_visit.column(k) for k in KEYS}
@@ -854,7 +820,7 @@ def gains_partial(persons: pa.Table) -> pa.Table:
 
 
 def gain_histogram(p: pa.Table) -> dict:
-    """Persons (person_totals) by net gain (owed) and by net loss (recovered), bucketed by GAIN_EDGES."""
+    """Persons (the per-person table) by net gain (owed) and by net loss (recovered), bucketed by GAIN_EDGES."""
     return {"owed": np.histogram(np.asarray(p.column("owed")), bins=GAIN_EDGES + [2**62])[0].tolist(),
             "recovered": np.histogram(np.asarray(p.column("recovered")), bins=GAIN_EDGES + [2**62])[0].tolist(),
             "persons": p.num_rows,
@@ -1281,10 +1247,8 @@ def cmd_resettle(args) -> int:
     from . import report as rep
     plan = plan_from_args(args)
     region = (rep.read_region(args.region) if args.region
-              else {"counties": [], "enrollees": None, "fund_income_yuan": None})
-    income = args.fund_income
-    if income is None and region["fund_income_yuan"] is not None:
-        income = yuan_arg()(str(region["fund_income_yuan"]))
+              else {"counties": [], "enrollees": None, "fund_income": None})
+    income = args.fund_income if args.fund_income is not None else region["fund_income"]
     funding = rep.Funding(income=income, carried=args.carried_surplus, enrollees=args.enrollees or region["enrollees"],
                           layers=plan.fund_layers, counties=region["counties"])
     kinds = {"html": ["html"], "png": ["png"], "both": ["html", "png"], "none": []}[args.report]

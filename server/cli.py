@@ -101,10 +101,10 @@ def run_serve(args) -> int:
             import os
             os.replace(args.ready_file + ".tmp", args.ready_file)
 
-    from .ledger import LedgerInUse
+    from .ledger import LedgerUnavailable
     try:
         asyncio.run(serve(config, ready))
-    except (ValueError, LedgerInUse) as err:  # a refused configuration, or the ledger is taken
+    except (ValueError, LedgerUnavailable) as err:  # a refused configuration, or the ledger file
         print(f"medsettle serve: {err}", file=sys.stderr)
         return 2
     return 0

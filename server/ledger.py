@@ -36,8 +36,21 @@ from kernel.layout import ACC_COLS
 ACC_NAMES = [name[2:].lower() for name in ACC_COLS]
 
 
-class LedgerInUse(Exception):
+class LedgerUnavailable(Exception):
+    """The ledger file cannot be served: in use, or of another layout."""
+
+
+class LedgerInUse(LedgerUnavailable):
     """Another process has the ledger file open for writing."""
+
+
+class LedgerIncompatible(LedgerUnavailable):
+    """The file holds a ledger of another layout (or is not a ledger)."""
+
+
+# The tables' layout, kept in the file (PRAGMA user_version). Bump it when a column is added or
+# changes meaning: 2 = deductibles per pool (ded_paid_inp/_out) and ded_once as a bitmask.
+LAYOUT = 2
 
 
 class LedgerConflict(Exception):
@@ -172,6 +185,20 @@ def _own(path: str):
     return handle
 
 
+def _open_layout(conn: sqlite3.Connection, path: str) -> None:
+    """Create the tables in a new file, or check that an existing ledger has this layout: reading
+    another layout's accumulators would settle on wrong totals."""
+    tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+    layout = conn.execute("PRAGMA user_version").fetchone()[0]
+    if tables == 0:
+        conn.executescript(_SCHEMA)
+        conn.execute(f"PRAGMA user_version = {LAYOUT}")
+    elif layout != LAYOUT:
+        raise LedgerIncompatible(
+            f"{path} holds a ledger of layout {layout} (or another file); this server keeps layout "
+            f"{LAYOUT} (deductibles per pool). Serve a new ledger file (--ledger); there is no migration.")
+
+
 def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -252,7 +279,12 @@ class SqliteLedger(Ledger):
         self.checkpoint_every = checkpoint_every  # or after this many seconds
         self._lock_file = _own(self.path)
         self._reader = _connect(self.path)
-        self._reader.executescript(_SCHEMA)
+        try:
+            _open_layout(self._reader, self.path)
+        except BaseException:
+            self._reader.close()
+            self._lock_file.close()
+            raise
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._writer_conn = _connect(self.path)
         self._writer_conn.execute("PRAGMA wal_autocheckpoint=0")   # the checkpointer does it
@@ -260,6 +292,7 @@ class SqliteLedger(Ledger):
         self._checkpoint_due = threading.Event()
         self._cache = _PersonCache(cache_persons)
         self._closed = False
+        self._closing = threading.Lock()          # close() against a commit being queued
         self.broken: BaseException | None = None   # set if the writer thread failed: no more commits
         self._writer_done = False   # the writer has stopped: the checkpointer stops too
         self.batches = 0            # transactions committed (for the benchmark's batch size)
@@ -372,12 +405,13 @@ class SqliteLedger(Ledger):
     def _submit(self, apply, change=None) -> asyncio.Future:
         """Queue apply for the writer; the future of its outcome. change: the person-cache update
         its commit makes, or None when apply returns (value, change) itself."""
-        if self._closed:
-            raise RuntimeError("ledger is closed")
-        if self.broken is not None:
-            raise RuntimeError(f"ledger writer failed, restart the server: {self.broken!r}")
         fut = asyncio.get_running_loop().create_future()
-        self._queue.put(_Op(apply, fut, change))
+        with self._closing:                 # never queued behind the writer's stop
+            if self._closed:
+                raise RuntimeError("ledger is closed")
+            if self.broken is not None:
+                raise RuntimeError(f"ledger writer failed, restart the server: {self.broken!r}")
+            self._queue.put(_Op(apply, fut, change))
         return fut
 
     def _write_loop(self):
@@ -471,10 +505,11 @@ class SqliteLedger(Ledger):
         return outcomes
 
     def close(self):
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(_STOP)
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
         self._thread.join()
         self._reader.close()
         self._lock_file.close()                   # another process may own the ledger now

@@ -349,6 +349,9 @@ class SettlementService(pb_grpc.SettlementServicer):
                             err.reason, grpc.StatusCode.FAILED_PRECONDITION)
                 raise CallError(code, str(err), "setl_id", reason=err.reason,
                                 value=record.setl_id)
+            except Exception as err:           # as Settle: the ledger could not commit
+                log.exception("ledger commit of a reversal failed")
+                raise CallError(grpc.StatusCode.UNAVAILABLE, f"ledger commit failed: {err}")
             finally:
                 self._unlock(record.psn_no, lock, commit)
             record.reversed_by = reversal_id
@@ -447,27 +450,33 @@ async def start(config: ServerConfig, settler=None, ledger: Ledger | None = None
     if settler is None:
         from kernel.api import Settler
         settler = Settler.from_files(config.pack_path, config.catalogue_path)
-    if ledger is None:
+    owned = ledger is None
+    if owned:
         ledger = SqliteLedger(config.ledger_path)
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
-                                      ("grpc.max_receive_message_length", 16 * 1024 * 1024)])
-    service = SettlementService(settler, ledger, config.security, config.stream_window)
-    pb_grpc.add_SettlementServicer_to_server(service, server)
-    health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME], server)
-    address = f"{config.host}:{config.port}" if ":" not in config.host else f"[{config.host}]:{config.port}"
-    creds = config.security.server_credentials()
-    port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
-    # the pack, catalogue and libraries loaded above live as long as the process: out of the
-    # collector's sight, so a full collection under load scans only what calls create (a p99 spike
-    # of 100+ ms otherwise)
-    gc.collect()
-    gc.freeze()
-    await server.start()
-    await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    try:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
+                                          ("grpc.max_receive_message_length", 16 * 1024 * 1024)])
+        service = SettlementService(settler, ledger, config.security, config.stream_window)
+        pb_grpc.add_SettlementServicer_to_server(service, server)
+        health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME], server)
+        address = f"{config.host}:{config.port}" if ":" not in config.host else f"[{config.host}]:{config.port}"
+        creds = config.security.server_credentials()
+        port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+        # the pack, catalogue and libraries loaded above live as long as the process: out of the
+        # collector's sight, so a full collection under load scans only what calls create (a p99
+        # spike of 100+ ms otherwise)
+        gc.collect()
+        gc.freeze()
+        await server.start()
+        await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    except BaseException:
+        if owned:                                  # e.g. the port is taken: free the ledger file
+            await asyncio.to_thread(ledger.close)
+        raise
     return Running(server, port, service, health, ledger, config.grace)
 
 

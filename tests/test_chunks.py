@@ -1,6 +1,7 @@
 """Settler.settle_file settles a file chunk by chunk (kernel/chunks.py) and gives exactly what one
 settle_table call over the whole file gives: results, setldetail rows, accumulators, balances, and
-the same errors with the same row and line numbers; a refused file leaves nothing behind."""
+for a file with one problem the same error with the same row or line number; a refused file
+leaves nothing behind."""
 import os
 
 import numpy as np

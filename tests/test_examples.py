@@ -8,7 +8,7 @@ import msgspec
 import pyarrow as pa
 import pytest
 
-from kernel.api import Settler, shipped_catalogue_path, shipped_pack_path
+from kernel.api import Settler, shipped_pack_path
 from kernel.catalogue import load_catalogue
 from kernel.layout import FLAGS
 from kernel.policy import load_pack, pack_from_raw

@@ -2,9 +2,7 @@
 (settle_table: Arrow columns, vectorised checks): same results, same accumulators, same errors."""
 import datetime as dt
 
-import numpy as np
 import pyarrow as pa
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

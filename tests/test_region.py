@@ -115,3 +115,13 @@ def test_deterministic_and_line_items_through_cli(tmp_path, settler):
     r = settler.settle_table(a, lines).table
     assert r.num_rows == 3000
     assert json.loads((tmp_path / "r1" / "region.json").read_text())["visits"] == 3000
+
+
+def test_a_failed_draw_leaves_nothing_half_written(tmp_path, settler):
+    # stopped after the first county (here by its progress callback): no Parquet file, complete or
+    # partial, is left behind
+    def stop():
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        write_region(settler.pack, settler.catalogue, tmp_path, n_visits=2_000, enrollees=800, progress=stop)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -122,6 +122,19 @@ def test_fund_income_with_three_decimals_is_refused(c_file, tmp_path, capsys):
     assert "--fund-income" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("income", ["1000.005", 1.5e16, True])
+def test_a_region_file_with_inexact_income_is_refused(tmp_path, capsys, income):
+    # money in a region file is yuan, exactly: more than two decimals, a float or a flag is refused
+    path = tmp_path / "c.parquet"
+    pq.write_table(pa.Table.from_pylist(example_c()), path)
+    region = tmp_path / "region.json"
+    region.write_text(json.dumps({"counties": [{"code": "530321", "enrollees": 4}], "fund_income_yuan": income}))
+    out = tmp_path / "out"
+    assert main(["resettle", str(path), "--new-pack", DRAFT, "--out", str(out), "--region", str(region)]) == 2
+    assert "fund_income_yuan: yuan as an integer or a string with at most two decimals" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_who_gains_by_region_and_category_with_a_region_file(tmp_path, capsys):
     """Example C for two farmers: P3 insured in county B without a category, P4 in county I, a veteran
     (no rule of the sample pack treats veterans differently: the same figures). Each is owed
@@ -370,8 +383,28 @@ def test_prepared_once_settles_as_settle_table(generated, raised):
         assert got.accumulators.equals(want.accumulators) and got.balances.equals(want.balances)
 
 
+def person_totals(per_visit: pa.Table) -> pa.Table:
+    """The per-person totals by a plain Arrow group-by of the per-visit output (the oracle of the
+    test below): region and categories of the first visit, visits, visits changed, delta per fund,
+    owed (补付) / recovered (追回): -sum(delta psn_part_amt) when positive, or its opposite."""
+    changed = pc.cast(pc.not_equal(per_visit.column("delta_fund_pay_sumamt"), 0), pa.int64())
+    t = per_visit.select(["psn_no", "insutype", "region", "psn_cats"] + [f"delta_{c}" for c in COMPARED]
+                         ).append_column("changed", changed)
+    g = t.group_by(["psn_no", "insutype"], use_threads=False).aggregate(
+        [("region", "first"), ("psn_cats", "first"), ("changed", "count"), ("changed", "sum")]
+        + [(f"delta_{c}", "sum") for c in COMPARED])
+    names = {"changed_count": "visits", "changed_sum": "visits_changed"}
+    g = g.rename_columns([names.get(n, n.rpartition("_")[0] if n.endswith(("_sum", "_first")) else n)
+                          for n in g.column_names])
+    g = g.select(["psn_no", "insutype", "region", "psn_cats", "visits", "visits_changed"]
+                 + [f"delta_{c}" for c in COMPARED])
+    net = -np.asarray(g.column("delta_psn_part_amt"))
+    g = g.append_column("owed", pa.array(np.maximum(net, 0)))
+    g = g.append_column("recovered", pa.array(np.maximum(-net, 0)))
+    return g.sort_by([("psn_no", "ascending"), ("insutype", "ascending")])
+
+
 def test_person_totals_from_the_batch_equal_the_group_by(generated, raised):
-    from kernel.resettle import person_totals
     per_visit, persons, *_ = resettle_tables(PolicySpec(raised), pq.read_table(generated), old=PolicySpec())
     assert persons.equals(person_totals(per_visit))
 

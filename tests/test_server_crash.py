@@ -7,7 +7,6 @@ import sqlite3
 import threading
 import time
 
-import grpc
 import pytest
 
 from server.client import Client, MedsettleError

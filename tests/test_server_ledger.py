@@ -3,11 +3,13 @@ settlements, opening balances, reversals and eviction, and a failed batch leaves
 import asyncio
 import random
 import sqlite3
+import threading
 
 import pytest
 
 from kernel.layout import ACC_COLS
-from server.ledger import LedgerConflict, LedgerInUse, SettlementRecord, SqliteLedger
+from server.ledger import (LAYOUT, LedgerConflict, LedgerIncompatible, LedgerInUse, SettlementRecord,
+                           SqliteLedger)
 
 N = len(ACC_COLS)
 
@@ -133,8 +135,14 @@ def test_same_request_twice_in_one_batch(tmp_path):
     async def run():
         ledger = SqliteLedger(path)
         try:
+            # the writer holds on a first commit until the three are queued: they go in one batch
+            gate = threading.Event()
+            held = ledger._submit(lambda conn: gate.wait(30), ("P0", "rural", 2013, [0] * N, 0, None))
             futures = [ledger.commit_settlement(record(i, *key, [1] * N, 0, None)) for i in (1, 1, 2)]
+            gate.set()
+            await held
             outcomes = await asyncio.gather(*futures, return_exceptions=True)
+            assert ledger.batches <= 2                     # the held one (perhaps with them), then them
             assert isinstance(outcomes[1], LedgerConflict) and outcomes[1].reason == "duplicate_request"
             assert outcomes[0] != outcomes[2] and all(isinstance(o, int) for o in (outcomes[0], outcomes[2]))
             assert cached_state(ledger, key)[0] == dict(zip(ACC_COLS, [2] * N))
@@ -142,3 +150,19 @@ def test_same_request_twice_in_one_batch(tmp_path):
             ledger.close()
         assert db_state(path, key)[0] == dict(zip(ACC_COLS, [2] * N))
     asyncio.run(run())
+
+
+def test_a_ledger_of_another_layout_is_refused(tmp_path):
+    # a file from before the per-pool deductibles (no layout mark, a ded_paid column): reading its
+    # accumulators as this layout's would settle on wrong totals
+    path = str(tmp_path / "old.db")
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE accumulator (psn_no TEXT, insutype TEXT, year INTEGER, ded_paid INTEGER)")
+    for _ in range(2):                  # the second time refused for the same reason: the refusal
+        with pytest.raises(LedgerIncompatible, match="layout 0 .* keeps layout 2"):   # let go of the lock
+            SqliteLedger(path)
+    fresh = str(tmp_path / "new.db")
+    SqliteLedger(fresh).close()
+    with sqlite3.connect(fresh) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == LAYOUT
+    SqliteLedger(fresh).close()                           # its own layout: opens again

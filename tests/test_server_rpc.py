@@ -3,6 +3,7 @@ Settle, idempotency, per-person serialization, reversal, and section 9's bad inp
 import asyncio
 import concurrent.futures as cf
 import sqlite3
+import threading
 import time
 
 import grpc
@@ -15,7 +16,7 @@ from grpc_status import rpc_status
 from kernel.api import Settler
 from server import settlement_pb2 as pb
 from server import settlement_pb2_grpc as pb_grpc
-from server.client import Client, MedsettleError, settle_request, status_error
+from server.client import MedsettleError, settle_request, status_error
 from server.ledger import SqliteLedger
 from server.server import SERVICE_NAME
 
@@ -322,39 +323,51 @@ def test_expired_deadline_writes_nothing(srv, h1):
             time.sleep(0.01)
     finally:
         srv._run(release(lock))
-    # the lock is handed out in arrival order: had the late call still been waiting, it would
-    # commit before this retry, which would then be a replay
+    # the late call wrote nothing: its retry settles afresh, once
     first = h1.settle(visit_a(), request_id="late")
     assert not first["replayed"]
     assert h1.get_accumulators("P1")["rows"][0]["hifp_inp"] == first["settlement"]["hifp_pay"]
     assert journal_rows(srv) == 1
 
 
-class SlowCommitLedger(SqliteLedger):
-    """The real ledger on a disk whose fsync takes 0.5 s."""
+class GatedLedger(SqliteLedger):
+    """The real ledger on a disk whose fsync takes as long as the test says: each group commit
+    starts only once `gate` is set (`reached` tells the test a commit is waiting)."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.gate, self.reached = threading.Event(), threading.Event()
 
     def _commit_batch(self, conn, batch):
-        time.sleep(0.5)
+        self.reached.set()
+        self.gate.wait(60)
         return super()._commit_batch(conn, batch)
 
 
 def test_call_cancelled_while_its_commit_waits(settler, tmp_path):
     # Example A's deadline passes while its commit is queued: the commit still lands, and the
     # person's next settlement (example B) must wait for it and read the totals it wrote.
-    slow = start_thread_server(settler, tmp_path, ledger=SlowCommitLedger(str(tmp_path / "slow.db")))
+    ledger = GatedLedger(str(tmp_path / "gated.db"))
+    gated = start_thread_server(settler, tmp_path, ledger=ledger)
     try:
-        with slow.client(token="tok-h001") as c:
+        with gated.client(token="tok-h001") as c:
             with pytest.raises(MedsettleError) as e:
-                c.settle(visit_a(), request_id="A", timeout=0.2)
+                c.settle(visit_a(), request_id="A", timeout=2)
             assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
-            b = c.settle(visit_b(), request_id="B", timeout=10)["settlement"]
+            assert ledger.reached.is_set()                 # A's commit was queued, and waits
+            with cf.ThreadPoolExecutor(1) as pool:
+                b = pool.submit(lambda: c.settle(visit_b(), request_id="B", timeout=30))
+                time.sleep(0.3)         # B reaches the server while A's commit still waits (had the
+                ledger.gate.set()       # lock been let go, B would read the totals before A)
+                b = b.result()["settlement"]
             assert b["hifp_lmt"] == 53376 * Y - 45220 * Y and b["hifp_pay"] == 8156 * Y
             # the timed-out request did commit: its retry is a replay of it
             a = c.settle(visit_a(), request_id="A", timeout=10)
             assert a["replayed"] and a["settlement"]["hifp_pay"] == 45220 * Y
             assert acc_row(c)["hifp_inp"] == 53376 * Y
     finally:
-        slow.stop()
+        ledger.gate.set()
+        gated.stop()
 
 
 def test_unauthenticated(srv):

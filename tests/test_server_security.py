@@ -4,7 +4,9 @@ import pytest
 
 from kernel.api import Settler
 from server.client import Client, MedsettleError
+from server.ledger import SqliteLedger
 from server.security import SecurityConfig, is_loopback, load_tokens
+from server.server import ServerConfig, start
 
 from server_fixtures import TOKENS, make_pki, start_thread_server, visit_a
 
@@ -112,3 +114,16 @@ def test_token_table_formats(tmp_path):
     (tmp_path / "bad.json").write_text('{"xyz": 3}')
     with pytest.raises(ValueError):
         load_tokens(tmp_path / "bad.json")
+
+
+def test_a_server_that_cannot_bind_lets_go_of_its_ledger(settler, tmp_path):
+    # the port is taken: start() fails, and the ledger it opened is closed (its lock released)
+    first = start_thread_server(settler, tmp_path, ledger_name="first.db")
+    try:
+        config = ServerConfig(host="127.0.0.1", port=first.port, ledger_path=str(tmp_path / "second.db"),
+                              security=SecurityConfig(tokens={"t": "H001"}))
+        with pytest.raises(RuntimeError):
+            first._run(start(config, settler))
+        SqliteLedger(config.ledger_path).close()           # not "in use by another process"
+    finally:
+        first.stop()
