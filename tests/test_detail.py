@@ -127,6 +127,21 @@ def test_guaranteed_minimum_top_up_is_not_in_the_serious_illness_base(city):
     assert "essential drugs +15%" in info and "top-up" in info and "35% of the total) 35.00" in info
 
 
+def test_a_negative_essential_uplift_stops_at_0_percent(tmp_path):
+    """The city pack with the residents' essential-drug uplift at -70% (a pack may say so): the same
+    resident visit as above pays the essential 100 at max(0, 60% - 70%) = 0%, so basic 400 x 60% = 240;
+    the top-up to 35% x 1,000 = 350 is 110, and serious illness saw 1,000 - 240 = 760."""
+    text = shipped_pack_path("sample_city").read_text(encoding="utf-8")
+    assert text.count('essential_drugs = "+15%"') == 1
+    pack = tmp_path / "city_negative.toml"
+    pack.write_text(text.replace('essential_drugs = "+15%"', 'essential_drugs = "-70%"'), encoding="utf-8")
+    settler = Settler.from_files(pack)
+    rows = detail_of(settler, [visit("G", insutype="resident", level="3", amount=1_000 * Y, essential=100 * Y)])["G"]
+    assert amounts(rows["hifp"])[2] == 350 * Y
+    assert amounts(rows["hifmi"]) == (760 * Y, -1, 0)
+    assert "35% of the total) 110.00" in rows["hifp"]["setl_proc_info"]
+
+
 def test_words_for_bands_denial_exclusion(city, rural):
     """Outpatient pooling bands name their edges; an unfiled out-of-area visit is denied (city
     resident: deny); an excluded injury cause names the cause; a quota names the group."""
