@@ -30,6 +30,17 @@ def db_state(path, key):
     return {k: v for k, v in acc.items() if v}, found[0]
 
 
+def with_ledger(path, body):
+    """await body(ledger) on an event loop, with a SqliteLedger on path closed afterwards."""
+    async def run():
+        ledger = SqliteLedger(path)
+        try:
+            await body(ledger)
+        finally:
+            ledger.close()
+    asyncio.run(run())
+
+
 def cached_state(ledger, key):
     state = ledger.read_state(*key)
     return {k: v for k, v in state.acc.items() if v} or {}, state.balance
@@ -76,24 +87,20 @@ def test_refused_and_failed_commits_leave_cache(tmp_path):
     path = str(tmp_path / "ledger.db")
     key = ("P1", "rural", 2013)
 
-    async def run():
-        ledger = SqliteLedger(path)
-        try:
-            ledger.read_state(*key)
-            await ledger.commit_settlement(record(1, *key, [5] * N, -100, 1_000))
-            with pytest.raises(LedgerConflict):              # same request id: refused
-                await ledger.commit_settlement(record(1, *key, [7] * N, -100, None))
+    async def body(ledger):
+        ledger.read_state(*key)
+        await ledger.commit_settlement(record(1, *key, [5] * N, -100, 1_000))
+        with pytest.raises(LedgerConflict):              # same request id: refused
+            await ledger.commit_settlement(record(1, *key, [7] * N, -100, None))
 
-            def broken(conn):
-                raise RuntimeError("disk on fire")
-            with pytest.raises(RuntimeError):
-                await ledger._submit(broken, (key[0], key[1], key[2], [9] * N, -1, None))
-            acc, balance = cached_state(ledger, key)
-            assert acc == dict(zip(ACC_COLS, [5] * N)) and balance == 900
-            assert (acc, balance) == db_state(path, key)
-        finally:
-            ledger.close()
-    asyncio.run(run())
+        def broken(conn):
+            raise RuntimeError("disk on fire")
+        with pytest.raises(RuntimeError):
+            await ledger._submit(broken, (key[0], key[1], key[2], [9] * N, -1, None))
+        acc, balance = cached_state(ledger, key)
+        assert acc == dict(zip(ACC_COLS, [5] * N)) and balance == 900
+        assert (acc, balance) == db_state(path, key)
+    with_ledger(path, body)
 
 
 def test_one_process_owns_a_ledger(tmp_path):
@@ -114,17 +121,13 @@ def test_writer_failure_refuses_later_commits(tmp_path):
     path = str(tmp_path / "ledger.db")
     key = ("P1", "rural", 2013)
 
-    async def run():
-        ledger = SqliteLedger(path)
-        try:
-            ledger._cache.apply = None                      # not callable: the cache update fails
-            with pytest.raises(RuntimeError, match="ledger writer failed"):
-                await ledger.commit_settlement(record(1, *key, [5] * N))
-            with pytest.raises(RuntimeError, match="restart the server"):
-                await ledger.commit_settlement(record(2, *key, [5] * N))
-        finally:
-            ledger.close()
-    asyncio.run(run())
+    async def body(ledger):
+        ledger._cache.apply = None                      # not callable: the cache update fails
+        with pytest.raises(RuntimeError, match="ledger writer failed"):
+            await ledger.commit_settlement(record(1, *key, [5] * N))
+        with pytest.raises(RuntimeError, match="restart the server"):
+            await ledger.commit_settlement(record(2, *key, [5] * N))
+    with_ledger(path, body)
 
 
 def test_same_request_twice_in_one_batch(tmp_path):
@@ -132,24 +135,20 @@ def test_same_request_twice_in_one_batch(tmp_path):
     path = str(tmp_path / "ledger.db")
     key = ("P1", "rural", 2013)
 
-    async def run():
-        ledger = SqliteLedger(path)
-        try:
-            # the writer holds on a first commit until the three are queued: they go in one batch
-            gate = threading.Event()
-            held = ledger._submit(lambda conn: gate.wait(30), ("P0", "rural", 2013, [0] * N, 0, None))
-            futures = [ledger.commit_settlement(record(i, *key, [1] * N, 0, None)) for i in (1, 1, 2)]
-            gate.set()
-            await held
-            outcomes = await asyncio.gather(*futures, return_exceptions=True)
-            assert ledger.batches <= 2                     # the held one (perhaps with them), then them
-            assert isinstance(outcomes[1], LedgerConflict) and outcomes[1].reason == "duplicate_request"
-            assert outcomes[0] != outcomes[2] and all(isinstance(o, int) for o in (outcomes[0], outcomes[2]))
-            assert cached_state(ledger, key)[0] == dict(zip(ACC_COLS, [2] * N))
-        finally:
-            ledger.close()
-        assert db_state(path, key)[0] == dict(zip(ACC_COLS, [2] * N))
-    asyncio.run(run())
+    async def body(ledger):
+        # the writer holds on a first commit until the three are queued: they go in one batch
+        gate = threading.Event()
+        held = ledger._submit(lambda conn: gate.wait(30), ("P0", "rural", 2013, [0] * N, 0, None))
+        futures = [ledger.commit_settlement(record(i, *key, [1] * N, 0, None)) for i in (1, 1, 2)]
+        gate.set()
+        await held
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        assert ledger.batches <= 2                     # the held one (perhaps with them), then them
+        assert isinstance(outcomes[1], LedgerConflict) and outcomes[1].reason == "duplicate_request"
+        assert outcomes[0] != outcomes[2] and all(isinstance(o, int) for o in (outcomes[0], outcomes[2]))
+        assert cached_state(ledger, key)[0] == dict(zip(ACC_COLS, [2] * N))
+    with_ledger(path, body)
+    assert db_state(path, key)[0] == dict(zip(ACC_COLS, [2] * N))
 
 
 def test_a_ledger_of_another_layout_is_refused(tmp_path):
