@@ -165,3 +165,71 @@ def test_a_ledger_of_another_layout_is_refused(tmp_path):
     with sqlite3.connect(fresh) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == LAYOUT
     SqliteLedger(fresh).close()                           # its own layout: opens again
+
+
+def _tables(path):
+    """Every journal, accumulator and account row of a ledger file (committed_at left out)."""
+    with sqlite3.connect(path) as db:
+        cols = [r[1] for r in db.execute("PRAGMA table_info(journal)") if r[1] != "committed_at"]
+        return {"journal": db.execute(f"SELECT {', '.join(cols)} FROM journal ORDER BY setl_id").fetchall(),
+                "accumulator": db.execute("SELECT * FROM accumulator ORDER BY 1, 2, 3").fetchall(),
+                "account": db.execute("SELECT * FROM account ORDER BY 1").fetchall()}
+
+
+def test_a_batch_journals_as_one_by_one(tmp_path, monkeypatch):
+    # settlements queued together go in through the bulk statements (a row per settlement, the
+    # same person several times, opening balances, a reversal and a repeated request among them):
+    # the file must hold exactly what committing them one at a time gives, ids included
+    rng = random.Random(11)
+    ops = []
+    for i in range(120):
+        if i in (40, 41, 90):
+            ops.append(("reverse", i - 30))                   # setl_id of an earlier settlement
+            continue
+        psn = f"P{rng.randrange(8)}"
+        delta = [rng.choice((0, 0, rng.randrange(1, 9_000))) for _ in range(N)]
+        opening = rng.choice((None, None, rng.randrange(0, 50_000)))
+        bal = rng.choice((0, -rng.randrange(1, 500)))
+        ops.append(("settle", record(i if i != 77 else 76, psn, rng.choice(("rural", "city")), 2013,
+                                     delta, bal, opening)))
+
+    def submit(ledger, op):
+        return (ledger.commit_settlement(op[1]) if op[0] == "settle"
+                else ledger.commit_reversal(op[1], "H001"))
+
+    async def one_by_one(ledger):
+        for op in ops:
+            try:
+                await submit(ledger, op)
+            except LedgerConflict:
+                pass
+
+    async def batched(ledger):
+        # the first 30 are journaled first (the reversals undo some of them), then the writer holds
+        # until all the rest are queued: they go in one transaction
+        for op in ops[:30]:
+            await submit(ledger, op)
+        gate = threading.Event()
+        held = ledger._submit(lambda conn: gate.wait(30), ("P0", "rural", 2013, [0] * N, 0, None))
+        futures = [submit(ledger, op) for op in ops[30:]]
+        gate.set()
+        await held
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        assert ledger.batches <= 32
+        refused = [o for o in outcomes if isinstance(o, Exception)]
+        assert len(refused) == 1 and refused[0].reason == "duplicate_request"   # request r76 twice
+        for p in range(8):
+            for scheme in ("rural", "city"):
+                key = (f"P{p}", scheme, 2013)
+                assert cached_state(ledger, key) == db_state(str(tmp_path / "b.db"), key)
+
+    with_ledger(str(tmp_path / "a.db"), one_by_one)
+    bulk = []
+    real_bulk = SqliteLedger._bulk
+    monkeypatch.setattr(SqliteLedger, "_bulk", staticmethod(
+        lambda conn, records: bulk.append(real_bulk(conn, records)) or bulk[-1]))
+    with_ledger(str(tmp_path / "b.db"), batched)
+    # the runs between the reversals went in bulk, but the one with the repeated request
+    assert [ids is not None for ids in bulk] == [True, False, True]
+    a, b = _tables(str(tmp_path / "a.db")), _tables(str(tmp_path / "b.db"))
+    assert len(a["journal"]) == 116 + 3 and a == b       # 117 settlements, one refused; 3 reversals
