@@ -7,7 +7,7 @@ include "layout.pxi"
 
 from libc.stdint cimport int64_t, int32_t, int16_t, int8_t
 from libc.string cimport memcpy
-from money cimport rh, min64, max64
+from money cimport rh, min64, max64, RELEASE_GIL_AT
 # setup.py names this module kernel._chain, so Cython does not pair it with chain.pxd: cimport the types.
 from chain cimport Visit, Settlement, BLOCK, STREAM_BYTES, PREFETCH_AHEAD
 
@@ -449,6 +449,106 @@ cdef inline void flush_block(const int64_t* block, int64_t* out, Py_ssize_t n, P
             memcpy(out + c * n + i0, block + c * BLOCK, count * sizeof(int64_t))
 
 
+cdef struct Rows:
+    # settle()'s arrays as raw pointers
+    const int64_t* rules
+    const int64_t* dis
+    const int64_t* bands
+    int64_t groups
+    const int64_t* item
+    const int32_t* rule
+    const int16_t* group
+    const int16_t* cats
+    const int8_t* cause
+    const int8_t* out_area
+    const int8_t* referral
+    const int32_t* bed_days
+    const int8_t* acct_used
+    const int32_t* acc_slot
+    const int32_t* psn_slot
+    int64_t* acc
+    int64_t* balance
+    int64_t* out
+    int8_t* status
+    int32_t* flags
+
+
+cdef void settle_rows(const Rows* a, Py_ssize_t n, int mode) noexcept nogil:
+    """settle()'s loop over n visits. The pointers are copied into locals, which the compiler keeps
+    in registers (a struct's or memoryview's fields would be reloaded after every store, since any
+    int64 store might alias them)."""
+    cdef const int64_t* rules_p = a.rules
+    cdef const int64_t* dis_p = a.dis
+    cdef const int64_t* bands_p = a.bands
+    cdef int64_t groups = a.groups
+    cdef const int64_t* item_p = a.item
+    cdef const int32_t* rule_p = a.rule
+    cdef const int16_t* group_p = a.group
+    cdef const int16_t* cats_p = a.cats
+    cdef const int8_t* cause_p = a.cause
+    cdef const int8_t* out_area_p = a.out_area
+    cdef const int8_t* referral_p = a.referral
+    cdef const int32_t* bed_days_p = a.bed_days
+    cdef const int8_t* acct_used_p = a.acct_used
+    cdef const int32_t* acc_slot_p = a.acc_slot
+    cdef const int32_t* psn_slot_p = a.psn_slot
+    cdef int64_t* acc_p = a.acc
+    cdef int64_t* balance_p = a.balance
+    cdef int64_t* out_p = a.out
+    cdef int8_t* status_p = a.status
+    cdef int32_t* flags_p = a.flags
+    cdef int64_t* acc_row
+    cdef const int64_t* ahead
+    cdef int64_t r
+    cdef Py_ssize_t i, i0, j, count
+    cdef Visit v
+    cdef Settlement s
+    cdef int64_t block[N_OUT * BLOCK]
+    # a large batch's out columns bypass the cache; a small one (real time) stays cached for the caller
+    cdef bint streaming = n * N_OUT * 8 > STREAM_BYTES
+    v.bands = bands_p
+    i0 = 0
+    while i0 < n:
+        count = min(<Py_ssize_t>BLOCK, n - i0)
+        for j in range(count):
+            i = i0 + j
+            if i + PREFETCH_AHEAD < n:
+                # in settlement-time order each visit reaches a random accumulator row: start
+                # loading the row (and balance) of a later visit now, so DRAM latency overlaps work;
+                # a row of N_ACC * 8 > 64 bytes may touch three cache lines: its first, +64, last
+                ahead = acc_p + <Py_ssize_t>acc_slot_p[i + PREFETCH_AHEAD] * N_ACC
+                prefetch(ahead)
+                prefetch(ahead + 8)
+                prefetch(ahead + N_ACC - 1)
+                prefetch(balance_p + psn_slot_p[i + PREFETCH_AHEAD])
+            r = rule_p[i]
+            acc_row = acc_p + <Py_ssize_t>acc_slot_p[i] * N_ACC
+            v.rule = rules_p + r * N_RULE
+            v.dis = dis_p + (r * groups + group_p[i]) * N_DIS
+            v.acc = acc_row
+            v.cats = <int64_t>cats_p[i] & 0xFFFF
+            v.cause = cause_p[i]
+            v.out_area = out_area_p[i]
+            v.referral = referral_p[i]
+            v.bed_days = bed_days_p[i]
+            v.acct_used = acct_used_p[i]
+            v.pool = v.rule[R_POOL] != 0
+            s.medfee = item_p[I_MEDFEE * n + i]
+            s.fulamt = item_p[I_FULAMT * n + i]
+            s.overlmt = item_p[I_OVERLMT * n + i]
+            s.preselfpay = item_p[I_PRESELFPAY * n + i]
+            s.inscp = item_p[I_INSCP * n + i]
+            s.inscp_ess = item_p[I_INSCP_ESS * n + i]
+            settle_visit(&v, &s, acc_row, balance_p + psn_slot_p[i], mode)
+            write_out(&s, block, BLOCK, j)
+            status_p[i] = s.status
+            flags_p[i] = s.flags
+        flush_block(block, out_p, n, i0, count, streaming)
+        i0 += BLOCK
+    if streaming:
+        store_fence()
+
+
 def settle(const int64_t[:, ::1] rules, const int64_t[:, ::1] diseases, const int64_t[:, ::1] bands,
            Py_ssize_t n_groups, const int64_t[:, ::1] item, const int32_t[::1] rule,
            const int16_t[::1] group, const int16_t[::1] cats, const int8_t[::1] cause,
@@ -491,76 +591,16 @@ def settle(const int64_t[:, ::1] rules, const int64_t[:, ::1] diseases, const in
     if n == 0:
         return
 
-    # raw pointers: locals the compiler keeps in registers (a memoryview's fields would be reloaded
-    # after every store, since any int64 store might alias them)
-    cdef const int64_t* rules_p = &rules[0, 0]
-    cdef const int64_t* dis_p = &diseases[0, 0]
-    cdef const int64_t* bands_p = &bands[0, 0] if bands.shape[0] > 0 else NULL
-    cdef int64_t* acc_p = &acc[0, 0]
-    cdef int64_t* balance_p = &balance[0]
-    cdef const int64_t* item_p = &item[0, 0]
-    cdef const int32_t* rule_p = &rule[0]
-    cdef const int16_t* group_p = &group[0]
-    cdef const int16_t* cats_p = &cats[0]
-    cdef const int8_t* cause_p = &cause[0]
-    cdef const int8_t* out_area_p = &out_area[0]
-    cdef const int8_t* referral_p = &referral[0]
-    cdef const int32_t* bed_days_p = &bed_days[0]
-    cdef const int8_t* acct_used_p = &acct_used[0]
-    cdef const int32_t* acc_slot_p = &acc_slot[0]
-    cdef const int32_t* psn_slot_p = &psn_slot[0]
-    cdef int64_t* out_p = &out[0, 0]
-    cdef int8_t* status_p = &status[0]
-    cdef int32_t* flags_p = &flags[0]
-    cdef int64_t groups = n_groups
-    cdef int64_t* acc_row
-    cdef const int64_t* ahead
-    cdef int64_t r
-    cdef Py_ssize_t i, i0, j, count
-    cdef Visit v
-    cdef Settlement s
-    cdef int64_t block[N_OUT * BLOCK]
-    # a large batch's out columns bypass the cache; a small one (real time) stays cached for the caller
-    cdef bint streaming = n * N_OUT * 8 > STREAM_BYTES
-    with nogil:
-        v.bands = bands_p
-        i0 = 0
-        while i0 < n:
-            count = min(<Py_ssize_t>BLOCK, n - i0)
-            for j in range(count):
-                i = i0 + j
-                if i + PREFETCH_AHEAD < n:
-                    # in settlement-time order each visit reaches a random accumulator row: start
-                    # loading the row (and balance) of a later visit now, so DRAM latency overlaps work;
-                    # a row of N_ACC * 8 > 64 bytes may touch three cache lines: its first, +64, last
-                    ahead = acc_p + <Py_ssize_t>acc_slot_p[i + PREFETCH_AHEAD] * N_ACC
-                    prefetch(ahead)
-                    prefetch(ahead + 8)
-                    prefetch(ahead + N_ACC - 1)
-                    prefetch(balance_p + psn_slot_p[i + PREFETCH_AHEAD])
-                r = rule_p[i]
-                acc_row = acc_p + <Py_ssize_t>acc_slot_p[i] * N_ACC
-                v.rule = rules_p + r * N_RULE
-                v.dis = dis_p + (r * groups + group_p[i]) * N_DIS
-                v.acc = acc_row
-                v.cats = <int64_t>cats_p[i] & 0xFFFF
-                v.cause = cause_p[i]
-                v.out_area = out_area_p[i]
-                v.referral = referral_p[i]
-                v.bed_days = bed_days_p[i]
-                v.acct_used = acct_used_p[i]
-                v.pool = v.rule[R_POOL] != 0
-                s.medfee = item_p[I_MEDFEE * n + i]
-                s.fulamt = item_p[I_FULAMT * n + i]
-                s.overlmt = item_p[I_OVERLMT * n + i]
-                s.preselfpay = item_p[I_PRESELFPAY * n + i]
-                s.inscp = item_p[I_INSCP * n + i]
-                s.inscp_ess = item_p[I_INSCP_ESS * n + i]
-                settle_visit(&v, &s, acc_row, balance_p + psn_slot_p[i], mode)
-                write_out(&s, block, BLOCK, j)
-                status_p[i] = s.status
-                flags_p[i] = s.flags
-            flush_block(block, out_p, n, i0, count, streaming)
-            i0 += BLOCK
-        if streaming:
-            store_fence()
+    cdef Rows a
+    a.rules, a.dis, a.bands = &rules[0, 0], &diseases[0, 0], &bands[0, 0] if bands.shape[0] > 0 else NULL
+    a.groups, a.item, a.rule, a.group, a.cats = n_groups, &item[0, 0], &rule[0], &group[0], &cats[0]
+    a.cause, a.out_area, a.referral, a.bed_days = &cause[0], &out_area[0], &referral[0], &bed_days[0]
+    a.acct_used, a.acc_slot, a.psn_slot, a.acc = &acct_used[0], &acc_slot[0], &psn_slot[0], &acc[0, 0]
+    a.balance, a.out, a.status, a.flags = &balance[0], &out[0, 0], &status[0], &flags[0]
+    # a batch only gives up the GIL: for a real-time call's one visit, giving it up hands it to
+    # gRPC's poller thread and taking it back costs the event loop a thread switch, many times the work
+    if n >= RELEASE_GIL_AT:
+        with nogil:
+            settle_rows(&a, n, mode)
+    else:
+        settle_rows(&a, n, mode)

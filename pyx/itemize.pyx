@@ -2,7 +2,7 @@
 include "layout.pxi"
 
 from libc.stdint cimport int64_t, int32_t, int8_t
-from money cimport rh
+from money cimport rh, RELEASE_GIL_AT
 # setup.py names this module kernel._itemize, so Cython does not pair it with itemize.pxd: cimport the types.
 from itemize cimport Catalogue, Lines, ItemTotals
 
@@ -37,6 +37,21 @@ cdef inline void itemize_visit(const Lines* lines, const Catalogue* cat, int64_t
     t.preselfpay = preselfpay
     t.inscp = inscp
     t.inscp_ess = inscp_ess
+
+
+cdef void itemize_rows(const Lines* lines, const Catalogue* cat, const int64_t* offsets, int64_t* o,
+                       Py_ssize_t n) noexcept nogil:
+    """itemize()'s loop: each visit's totals into column i of the (N_ITEM, n) out block."""
+    cdef ItemTotals t
+    cdef Py_ssize_t i
+    for i in range(n):
+        itemize_visit(lines, cat, offsets[i], offsets[i + 1], &t)
+        o[I_MEDFEE * n + i] = t.medfee
+        o[I_FULAMT * n + i] = t.fulamt
+        o[I_OVERLMT * n + i] = t.overlmt
+        o[I_PRESELFPAY * n + i] = t.preselfpay
+        o[I_INSCP * n + i] = t.inscp
+        o[I_INSCP_ESS * n + i] = t.inscp_ess
 
 
 def itemize(const int64_t[::1] line_offsets, const int32_t[::1] code, const int64_t[::1] qty,
@@ -82,16 +97,8 @@ def itemize(const int64_t[::1] line_offsets, const int32_t[::1] code, const int6
         lines.code = NULL
         lines.qty = lines.price = lines.amount = NULL
 
-    cdef const int64_t* offsets = &line_offsets[0]
-    cdef int64_t* o = &out[0, 0]
-    cdef ItemTotals t
-    cdef Py_ssize_t i
-    with nogil:
-        for i in range(n):
-            itemize_visit(&lines, &cat, offsets[i], offsets[i + 1], &t)
-            o[I_MEDFEE * n + i] = t.medfee
-            o[I_FULAMT * n + i] = t.fulamt
-            o[I_OVERLMT * n + i] = t.overlmt
-            o[I_PRESELFPAY * n + i] = t.preselfpay
-            o[I_INSCP * n + i] = t.inscp
-            o[I_INSCP_ESS * n + i] = t.inscp_ess
+    if n >= RELEASE_GIL_AT:             # a batch only (money.pxd says why)
+        with nogil:
+            itemize_rows(&lines, &cat, &line_offsets[0], &out[0, 0], n)
+    else:
+        itemize_rows(&lines, &cat, &line_offsets[0], &out[0, 0], n)

@@ -16,3 +16,9 @@ cdef inline int64_t min64(int64_t a, int64_t b) noexcept nogil:
 # The larger of two amounts.
 cdef inline int64_t max64(int64_t a, int64_t b) noexcept nogil:
     return a if a > b else b
+
+
+# Both kernels give up the GIL for batches of at least this many visits only: for a real-time call's
+# one visit, giving it up hands it to gRPC's poller thread and taking it back costs a thread switch.
+cdef enum:
+    RELEASE_GIL_AT = 64

@@ -304,7 +304,7 @@ class SqliteLedger(Ledger):
         self.path = str(path)
         self.max_batch = max_batch
         self.gather_delay = gather_delay          # under load: how long a transaction waits for
-        self.gather_ops = gather_ops              # more commits, and for how many at most
+        self.gather_ops = gather_ops              # more commits, unless it has this many already
         self.cache_persons = cache_persons
         self.checkpoint_ops = checkpoint_ops      # wake the checkpointer after this many ops,
         self.checkpoint_every = checkpoint_every  # or after this many seconds
@@ -457,27 +457,15 @@ class SqliteLedger(Ledger):
                 break
             cpu0 = time.thread_time()
             batch = [op]
-            stop = False
-            # Under load (the last transaction carried more than one commit), wait up to
-            # gather_delay for more: a transaction costs about as much CPU as ten commits in it
-            # (the fsync and the pages it writes), so fuller batches leave the CPU to the calls.
-            # A lone commit (a quiet server) never waits.
-            until = time.monotonic() + self.gather_delay if gathering else 0.0
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    wait = until - time.monotonic()
-                    if wait <= 0 or len(batch) >= self.gather_ops:
-                        break
-                    try:
-                        nxt = self._queue.get(timeout=wait)
-                    except queue.Empty:
-                        break
-                if nxt is _STOP:
-                    stop = True
-                    break
-                batch.append(nxt)
+            # Under load (the last transaction carried more than one commit), sleep gather_delay
+            # once for more: a transaction costs about as much CPU as ten commits in it (the fsync
+            # and the pages it writes), so fuller batches leave the CPU to the calls. A sleep, not
+            # a wait on the queue, so that each arriving commit does not wake this thread. A lone
+            # commit (a quiet server) never waits.
+            stop = self._drain(batch)
+            if gathering and not stop and len(batch) < self.gather_ops:
+                time.sleep(self.gather_delay)
+                stop = self._drain(batch)
             gathering = len(batch) > 1
             if self.broken is None:
                 try:
@@ -506,6 +494,18 @@ class SqliteLedger(Ledger):
         self._checkpointer.join()
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
+
+    def _drain(self, batch) -> bool:
+        """Move what is queued into batch (up to max_batch); True if the stop mark was among it."""
+        while len(batch) < self.max_batch:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if nxt is _STOP:
+                return True
+            batch.append(nxt)
+        return False
 
     def _checkpoint_loop(self):
         """Copy committed WAL frames into the database, a little at a time, beside the writer."""
