@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import _pool
 from .compile import NO_DATE, age_in_years, as_days
 from .errors import InputError
 from .layout import ITEM_COLS
@@ -63,7 +64,10 @@ _HUGE_BYTES = 1 << 24
 def empty_large(shape, dtype) -> np.ndarray:
     """np.empty, on transparent huge pages when large. A large batch's arrays are written once,
     front to back (the kernel's out columns with streaming stores): first touch of 4 KiB pages
-    costs more than the writing itself on these VMs, and THP is madvise-only."""
+    costs more than the writing itself on these VMs, and THP is madvise-only. Inside the batch
+    path numpy allocates from kernel._pool (huge pages too, and kept for the next batch)."""
+    if _pool.active():
+        return np.empty(shape, dtype)
     dtype = np.dtype(dtype)
     count = int(np.prod(shape))
     nbytes = count * dtype.itemsize

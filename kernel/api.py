@@ -45,6 +45,8 @@ __all__ = ["Settler", "OneResult", "SetlDetail", "BatchResult", "FileResult", "A
 
 # --- implementation ------------------------------------------------------------------------------
 
+import functools
+import os
 import tempfile
 from dataclasses import dataclass
 from importlib import resources
@@ -54,7 +56,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import layout
+from . import _pool, layout
 from .adapter import OneVisitAdapter, Prepared, VisitBatch, empty_large, prepare_for_pack, prepare_visits
 from .catalogue import Catalogue, load_catalogue
 from .chunks import DEFAULT_CHUNK_ROWS
@@ -64,6 +66,20 @@ from .errors import InputError
 from .policy import Pack
 
 _STATUS_NAMES = {v: k for k, v in layout.STATUS.items()}
+
+# The batch path's large numpy blocks are kept mapped between calls (kernel/_pool: first touch of
+# fresh memory costs more than the settling on these VMs), up to an eighth of physical memory;
+# kernel._pool.release() unmaps them, kernel._pool.set_limit() changes the bound.
+_pool.set_limit(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 8)
+
+
+def _pooled(method):
+    """The method with numpy's allocations served by kernel._pool (batch path only)."""
+    @functools.wraps(method)
+    def pooled(*args, **kwargs):
+        with _pool.installed():
+            return method(*args, **kwargs)
+    return pooled
 _MODES = {"settle": layout.MODE_SETTLE, "presettle": layout.MODE_PRESETTLE}
 
 
@@ -176,6 +192,7 @@ class Settler:
 
     # --- batch ---------------------------------------------------------------------------------
 
+    @_pooled
     def settle_table(self, visits: pa.Table, lines: pa.Table | None = None, mode="settle",
                      opening_acc: dict | None = None, source="visits", line_source="lines",
                      detail=False) -> BatchResult:
@@ -188,6 +205,7 @@ class Settler:
         """
         return self.settle_prepared(self.prepare(visits, lines, source, line_source), mode, opening_acc, detail)
 
+    @_pooled
     def prepare(self, visits: pa.Table, lines: pa.Table | None = None, source="visits",
                 line_source="lines") -> VisitBatch:
         """The pack-independent part of settle_table (column checks, dates, amounts, processing
@@ -196,6 +214,7 @@ class Settler:
         any pack lookup; the others are raised by settle_prepared, in settle_table's order."""
         return prepare_visits(visits, lines, source, line_source)
 
+    @_pooled
     def settle_prepared(self, batch: VisitBatch, mode="settle", opening_acc: dict | None = None,
                         detail=False) -> BatchResult:
         """settle_table of a prepared batch under this Settler's pack."""
@@ -207,6 +226,7 @@ class Settler:
                            pa.table({"psn_no": raw.prep.psn_names, "balc": pa.array(raw.balance)}),
                            self.detail_table(batch.id_columns, raw) if detail else None)
 
+    @_pooled
     def detail_table(self, id_columns, raw: "RawSettlement") -> pa.Table:
         """The setldetail rows of a settled batch, by visit in input order (kernel.detail)."""
         prep = raw.prep
@@ -214,6 +234,7 @@ class Settler:
                                    prep.cause, prep.out_area, prep.item[_INSCP_ESS])
         return self._detail.table(funds, prep.order, len(prep.order), id_columns, prep.version)
 
+    @_pooled
     def settle_raw(self, batch: VisitBatch, mode="settle", opening_acc: dict | None = None,
                    out: np.ndarray | None = None, carry=None) -> "RawSettlement":
         """settle_prepared without building the result table: the kernel's arrays, in processing order.
@@ -249,6 +270,7 @@ class Settler:
             carry.update(carried, acc, balance)
         return RawSettlement(prep, out, status, flags, acc, balance)
 
+    @_pooled
     def _result_table(self, id_columns, prep, out, status, flags) -> pa.Table:
         n = len(prep.order)
 
