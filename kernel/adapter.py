@@ -7,6 +7,7 @@ visit row) or line, the rule and the value.
 """
 from __future__ import annotations
 
+import contextvars
 import mmap
 import threading
 from dataclasses import dataclass
@@ -80,12 +81,14 @@ def empty_large(shape, dtype) -> np.ndarray:
 
 
 class _Background:
-    """fn() on another thread, for a large batch (Arrow's hash kernels release the GIL): prepare
+    """fn() on another thread, for a large batch (the string hashing releases the GIL): prepare
     overlaps its two string hashings (visit ids, persons) with its numpy work."""
 
     def __init__(self, fn, background: bool):
         self._value = self._error = None
-        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True) if background else None
+        # in a copy of the caller's context: numpy allocates from the caller's allocator (kernel._pool)
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run, fn),
+                                        daemon=True) if background else None
         if self._thread is None:
             self._run(fn)
         else:
@@ -254,6 +257,13 @@ def _encode(arr):
     return enc.dictionary, idx
 
 
+def string_codes(arr):
+    """(int32 code per row, first row of each distinct string) of a string Array without nulls:
+    the codes and dictionary order of arr.dictionary_encode() (kernel._strhash, exact)."""
+    from ._strhash import encode
+    return encode(arr)
+
+
 def _civil_arith(days):
     """(year, month, day) of int64 days since 1970-01-01, proleptic Gregorian (as numpy's datetime64)."""
     z = days + 719468
@@ -324,8 +334,8 @@ def prepare_visits(visits: pa.Table, lines: pa.Table | None = None, source="visi
     # the duplicate-id check and the person numbering hash strings on other threads; nothing
     # between here and the check's result raises (later errors are held), so the order of errors stands
     background = n >= _BACKGROUND_ROWS
-    distinct = _Background(lambda: len(pc.unique(ids)), background)
-    psn_encoded = _Background(col["psn_no"].dictionary_encode, background)
+    distinct = _Background(lambda: len(string_codes(ids)[1]), background)
+    psn_encoded = _Background(lambda: string_codes(col["psn_no"]), background)
     codes = {name: _encode(col[name]) for name in _CODE_COLUMNS if col[name] is not None}
 
     end = as_days(col["enddate"])
@@ -377,12 +387,13 @@ def prepare_visits(visits: pa.Table, lines: pa.Table | None = None, source="visi
                          row=row, source=source)
 
     # processing order: each person's visits in settlement-time order (ties keep input order)
-    psn = psn_encoded.result()
-    psn_idx = np.asarray(psn.indices).astype(np.int64)
+    psn_codes, psn_first = psn_encoded.result()
+    psn_idx = psn_codes.astype(np.int64)
+    del psn_codes
     setl_sec = np.asarray(col["setl_time"].cast(pa.timestamp("s")).cast(pa.int64()))
     order, in_input_order = _processing_order(psn_idx, setl_sec)
     del setl_sec
-    psn_names = psn.dictionary
+    psn_names = col["psn_no"].take(pa.array(psn_first))
     # opening balance of a person: acct_balc on their first visit in processing order
     first = order[first_index(psn_idx[order], len(psn_names))]
     balance = opening[first].astype(np.int64)
