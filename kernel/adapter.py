@@ -250,16 +250,14 @@ def prepare(compiled, catalogue, visits: pa.Table, lines: pa.Table | None, sourc
 
 
 def _encode(arr):
-    """(dictionary, int32 indices with -1 for null) of a string column."""
-    enc = arr.dictionary_encode()
-    idx = enc.indices
-    idx = np.asarray(idx.fill_null(-1) if idx.null_count else idx).astype(np.int32, copy=False)
-    return enc.dictionary, idx
+    """(dictionary, int32 indices with -1 for null) of a string column, as dictionary_encode gives them."""
+    idx, first = string_codes(arr)
+    return arr.take(pa.array(first, pa.int64())), idx
 
 
 def string_codes(arr):
-    """(int32 code per row, first row of each distinct string) of a string Array without nulls:
-    the codes and dictionary order of arr.dictionary_encode() (kernel._strhash, exact)."""
+    """(int32 code per row, -1 for null; first row of each distinct string) of a string Array: the
+    indices and dictionary order of arr.dictionary_encode() (kernel._strhash, exact)."""
     from ._strhash import encode
     return encode(arr)
 
@@ -334,9 +332,11 @@ def prepare_visits(visits: pa.Table, lines: pa.Table | None = None, source="visi
     # the duplicate-id check and the person numbering hash strings on other threads; nothing
     # between here and the check's result raises (later errors are held), so the order of errors stands
     background = n >= _BACKGROUND_ROWS
-    distinct = _Background(lambda: len(string_codes(ids)[1]), background)
     psn_encoded = _Background(lambda: string_codes(col["psn_no"]), background)
-    codes = {name: _encode(col[name]) for name in _CODE_COLUMNS if col[name] is not None}
+    distinct = _Background(lambda: len(string_codes(ids)[1]), background)
+    # so do the code columns' dictionaries (read by prepare_for_pack only; _encode never raises)
+    encoded = _Background(lambda: {name: _encode(col[name]) for name in _CODE_COLUMNS if col[name] is not None},
+                          background)
 
     end = as_days(col["enddate"])
     begin = end if col["begndate"] is None else as_days(col["begndate"])
@@ -380,6 +380,7 @@ def prepare_visits(visits: pa.Table, lines: pa.Table | None = None, source="visi
 
     if distinct.result() != n:
         psn_encoded.result()
+        encoded.result()
         counts = pc.value_counts(ids)
         dup = next(v["values"] for v in counts.to_pylist() if v["counts"] > 1)
         row = int(np.flatnonzero(np.asarray(pc.equal(ids, dup)))[1]) + 1
@@ -402,7 +403,7 @@ def prepare_visits(visits: pa.Table, lines: pa.Table | None = None, source="visi
         return _in_order(a, order, in_input_order, dtype)
 
     return VisitBatch(
-        n=n, source=source, line_source=line_source, col=col, codes=codes, lines=lines,
+        n=n, source=source, line_source=line_source, col=col, codes=encoded.result(), lines=lines,
         end=end, begin=begin, setl=setl, birth=birth, begin_after_end=int(bad[0]) if bad.size else -1,
         filed=filed, tail_error=tail_error,
         item=None if item is None else _in_order(item, order, in_input_order), order=order,

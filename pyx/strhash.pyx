@@ -33,6 +33,7 @@ ctypedef struct Entry:
 
 DEF INLINE = 16
 DEF AHEAD = 16             # rows whose table line is fetched ahead of the probe
+DEF FEW = 8                # distinct strings compared one by one before a hash table is built
 
 
 cdef inline uint64_t mix(uint64_t h) noexcept nogil:
@@ -81,21 +82,81 @@ cdef inline uint64_t hash_bytes(const uint8_t* p, int64_t length) noexcept nogil
     return h if h else 1
 
 
-cdef int64_t number(const int32_t* offsets, const uint8_t* data, int64_t n, uint64_t* hashes,
-                    int32_t* codes, int64_t* first_rows, Entry* table, uint64_t mask) noexcept nogil:
-    """codes[i] = number of row i's string (first occurrence order); first_rows[k] = first row of
-    string k. Returns the count of distinct strings."""
-    cdef int64_t i, start, length, other, distinct = 0
-    cdef uint64_t h, pos, k0, k1
-    cdef Entry* e
+cdef inline bint is_null(const uint8_t* valid, int64_t bit) noexcept nogil:
+    return valid != NULL and not (valid[bit >> 3] >> (bit & 7)) & 1
+
+
+cdef inline bint same_string(const Entry* e, const int32_t* offsets, const uint8_t* data,
+                             const int64_t* first_rows, int64_t start, int64_t length,
+                             uint64_t k0, uint64_t k1) noexcept nogil:
+    """Whether the row's string (start, length, first 16 bytes k0 k1) is the entry's, exactly."""
+    if e.length != length or e.key0 != k0 or e.key1 != k1:
+        return False
+    if length <= INLINE:
+        return True
+    return memcmp(data + offsets[first_rows[e.code]] + INLINE, data + start + INLINE, length - INLINE) == 0
+
+
+cdef int64_t number_few(const int32_t* offsets, const uint8_t* data, const uint8_t* valid, int64_t bit0,
+                        int64_t n, int32_t* codes, int64_t* first_rows, Entry* few,
+                        int64_t* distinct) noexcept nogil:
+    """Rows from 0 while the column holds at most FEW distinct strings (code columns: a handful),
+    each compared with those seen so far, no hashing; returns the row at which a string beyond
+    FEW appears (n: none did). few[k] is string k's entry (hash not set)."""
+    cdef int64_t i, k, start, length
+    cdef uint64_t k0, k1
     for i in range(n):
-        hashes[i] = hash_bytes(data + offsets[i], offsets[i + 1] - offsets[i])
-    for i in range(n):
-        if i + AHEAD < n:
-            prefetch_read(&table[hashes[i + AHEAD] & mask])
+        if is_null(valid, bit0 + i):
+            codes[i] = -1
+            continue
         start = offsets[i]
         length = offsets[i + 1] - start
+        head_words(data + start, length, &k0, &k1)
+        for k in range(distinct[0]):
+            if same_string(&few[k], offsets, data, first_rows, start, length, k0, k1):
+                codes[i] = few[k].code
+                break
+        else:
+            if distinct[0] == FEW:
+                return i
+            k = distinct[0]
+            few[k].key0 = k0
+            few[k].key1 = k1
+            few[k].length = <int32_t>length
+            few[k].code = <int32_t>k
+            first_rows[k] = i
+            codes[i] = <int32_t>k
+            distinct[0] += 1
+    return n
+
+
+cdef void insert(Entry* table, uint64_t mask, const Entry* entry) noexcept nogil:
+    """A string known to be new into the table."""
+    cdef uint64_t pos = entry.hash & mask
+    while table[pos].hash != 0:
+        pos = (pos + 1) & mask
+    table[pos] = entry[0]
+
+
+cdef void number_hashed(const int32_t* offsets, const uint8_t* data, const uint8_t* valid, int64_t bit0,
+                        int64_t begin, int64_t n, uint64_t* hashes, int32_t* codes, int64_t* first_rows,
+                        Entry* table, uint64_t mask, int64_t* distinct) noexcept nogil:
+    """Rows begin..n-1 through the hash table: hashes first, then each probe with the table line
+    of the row AHEAD rows on fetched in advance."""
+    cdef int64_t i, start, length
+    cdef uint64_t h, pos, k0, k1
+    cdef Entry* e
+    for i in range(begin, n):
+        hashes[i] = 0 if is_null(valid, bit0 + i) else hash_bytes(data + offsets[i], offsets[i + 1] - offsets[i])
+    for i in range(begin, n):
+        if i + AHEAD < n:
+            prefetch_read(&table[hashes[i + AHEAD] & mask])
         h = hashes[i]
+        if h == 0:
+            codes[i] = -1
+            continue
+        start = offsets[i]
+        length = offsets[i + 1] - start
         head_words(data + start, length, &k0, &k1)
         pos = h & mask
         while True:
@@ -105,52 +166,60 @@ cdef int64_t number(const int32_t* offsets, const uint8_t* data, int64_t n, uint
                 e.key0 = k0
                 e.key1 = k1
                 e.length = <int32_t>length
-                e.code = <int32_t>distinct
-                first_rows[distinct] = i
-                codes[i] = <int32_t>distinct
-                distinct += 1
+                e.code = <int32_t>distinct[0]
+                first_rows[distinct[0]] = i
+                codes[i] = <int32_t>distinct[0]
+                distinct[0] += 1
                 break
-            if e.hash == h and e.length == length and e.key0 == k0 and e.key1 == k1:
-                if length <= INLINE:
-                    codes[i] = e.code
-                    break
-                other = offsets[first_rows[e.code]]
-                if memcmp(data + other + INLINE, data + start + INLINE, length - INLINE) == 0:
-                    codes[i] = e.code
-                    break
+            if e.hash == h and same_string(e, offsets, data, first_rows, start, length, k0, k1):
+                codes[i] = e.code
+                break
             pos = (pos + 1) & mask
-    return distinct
 
 
 def encode(arr):
-    """(codes int32 per row, first row of each distinct string int64) of a pa.string() Array
-    without nulls; codes number the distinct strings in order of first occurrence."""
-    if not isinstance(arr, pa.Array) or arr.type != pa.string() or arr.null_count:
-        raise TypeError("encode takes a pa.string() Array without nulls")
+    """(codes int32 per row, -1 for null; first row of each distinct string, int64) of a
+    pa.string() Array: the indices and dictionary order of arr.dictionary_encode()."""
+    if not isinstance(arr, pa.Array) or arr.type != pa.string():
+        raise TypeError("encode takes a pa.string() Array")
     if len(arr) >= 2**31 - 1:
         raise ValueError("encode takes fewer than 2**31 - 1 strings")
-    cdef int64_t n = len(arr)
-    _, offsets_buf, data_buf = arr.buffers()
-    offsets_np = np.frombuffer(offsets_buf, np.int32, count=n + 1, offset=arr.offset * 4) \
-        if n else np.zeros(1, np.int32)
-    data_np = np.frombuffer(data_buf, np.uint8) if data_buf is not None and data_buf.size else np.zeros(1, np.uint8)
+    cdef int64_t n = len(arr), bit0 = arr.offset, stop, k
     codes_np = np.empty(n, np.int32)
+    if n == 0 or arr.null_count == n:
+        codes_np.fill(-1)
+        return codes_np, np.zeros(0, np.int64)
+    valid_buf, offsets_buf, data_buf = arr.buffers()
+    offsets_np = np.frombuffer(offsets_buf, np.int32, count=n + 1, offset=bit0 * 4)
+    data_np = np.frombuffer(data_buf, np.uint8) if data_buf is not None and data_buf.size else np.zeros(1, np.uint8)
+    valid_np = np.frombuffer(valid_buf, np.uint8) if arr.null_count else np.zeros(1, np.uint8)
     first_np = np.empty(n, np.int64)
     cdef const int32_t[::1] offsets = offsets_np
     cdef const uint8_t[::1] data = data_np
+    cdef const uint8_t[::1] valid_view = valid_np
+    cdef const uint8_t* valid = &valid_view[0] if arr.null_count else NULL
     cdef int32_t[::1] codes = codes_np
     cdef int64_t[::1] first = first_np
+    cdef Entry few[FEW]
+    cdef int64_t distinct = 0
+    with nogil:
+        stop = number_few(&offsets[0], &data[0], valid, bit0, n, &codes[0], &first[0], few, &distinct)
+    if stop == n:
+        return codes_np, first_np[:distinct].copy()
+    # more than FEW strings: a table of at least twice the rows left, entries zero = empty, from
+    # numpy's allocator (the batch pool when installed), holding the strings seen so far
     cdef uint64_t size = 16
-    while size < 2 * <uint64_t>n:
+    while size < 2 * <uint64_t>(n - stop + FEW):
         size *= 2
-    # Entry rows, zero = empty, from numpy's allocator (the batch pool when installed)
     table_np = np.zeros(4 * size, np.uint64)
     hashes_np = np.empty(n, np.uint64)
     cdef uint64_t[::1] table = table_np
     cdef uint64_t[::1] hashes = hashes_np
-    cdef int64_t distinct
     with nogil:
-        distinct = number(&offsets[0], &data[0], n, &hashes[0] if n else NULL, &codes[0] if n else NULL,
-                          &first[0] if n else NULL, <Entry*>&table[0], size - 1)
+        for k in range(distinct):
+            few[k].hash = hash_bytes(&data[0] + offsets[first[k]], offsets[first[k] + 1] - offsets[first[k]])
+            insert(<Entry*>&table[0], size - 1, &few[k])
+        number_hashed(&offsets[0], &data[0], valid, bit0, stop, n, &hashes[0], &codes[0], &first[0],
+                      <Entry*>&table[0], size - 1, &distinct)
     del table, table_np, hashes, hashes_np
     return codes_np, first_np[:distinct].copy()
