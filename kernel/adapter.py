@@ -255,6 +255,13 @@ def _encode(arr):
     return arr.take(pa.array(first, pa.int64())), idx
 
 
+def _all_distinct(arr) -> bool:
+    """Whether no string of arr (without nulls) repeats (kernel._strhash: by 64-bit hash, exactly
+    when two hashes are equal)."""
+    from ._strhash import all_distinct
+    return all_distinct(arr)
+
+
 def string_codes(arr):
     """(int32 code per row, -1 for null; first row of each distinct string) of a string Array: the
     indices and dictionary order of arr.dictionary_encode() (kernel._strhash, exact)."""
@@ -333,7 +340,7 @@ def prepare_visits(visits: pa.Table, lines: pa.Table | None = None, source="visi
     # between here and the check's result raises (later errors are held), so the order of errors stands
     background = n >= _BACKGROUND_ROWS
     psn_encoded = _Background(lambda: string_codes(col["psn_no"]), background)
-    distinct = _Background(lambda: len(string_codes(ids)[1]), background)
+    distinct = _Background(lambda: n if _all_distinct(ids) else -1, background)
     # so do the code columns' dictionaries (read by prepare_for_pack only; _encode never raises)
     encoded = _Background(lambda: {name: _encode(col[name]) for name in _CODE_COLUMNS if col[name] is not None},
                           background)

@@ -138,16 +138,22 @@ cdef void insert(Entry* table, uint64_t mask, const Entry* entry) noexcept nogil
     table[pos] = entry[0]
 
 
-cdef void number_hashed(const int32_t* offsets, const uint8_t* data, const uint8_t* valid, int64_t bit0,
-                        int64_t begin, int64_t n, uint64_t* hashes, int32_t* codes, int64_t* first_rows,
-                        Entry* table, uint64_t mask, int64_t* distinct) noexcept nogil:
-    """Rows begin..n-1 through the hash table: hashes first, then each probe with the table line
-    of the row AHEAD rows on fetched in advance."""
-    cdef int64_t i, start, length
-    cdef uint64_t h, pos, k0, k1
-    cdef Entry* e
+cdef void hash_rows(const int32_t* offsets, const uint8_t* data, const uint8_t* valid, int64_t bit0,
+                    int64_t begin, int64_t n, uint64_t* hashes) noexcept nogil:
+    """hashes[i] of rows begin..n-1, 0 for a null."""
+    cdef int64_t i
     for i in range(begin, n):
         hashes[i] = 0 if is_null(valid, bit0 + i) else hash_bytes(data + offsets[i], offsets[i + 1] - offsets[i])
+
+
+cdef int64_t number_hashed(const int32_t* offsets, const uint8_t* data, int64_t begin, int64_t n,
+                           const uint64_t* hashes, int32_t* codes, int64_t* first_rows,
+                           Entry* table, uint64_t mask, int64_t* distinct) noexcept nogil:
+    """Rows begin..n-1 through the hash table, the table line of the row AHEAD rows on fetched in
+    advance; returns the row at which the table would pass half full (n: all done)."""
+    cdef int64_t i, start, length, limit = <int64_t>((mask + 1) // 2)
+    cdef uint64_t h, pos, k0, k1
+    cdef Entry* e
     for i in range(begin, n):
         if i + AHEAD < n:
             prefetch_read(&table[hashes[i + AHEAD] & mask])
@@ -162,6 +168,8 @@ cdef void number_hashed(const int32_t* offsets, const uint8_t* data, const uint8
         while True:
             e = &table[pos]
             if e.hash == 0:
+                if distinct[0] >= limit:
+                    return i
                 e.hash = h
                 e.key0 = k0
                 e.key1 = k1
@@ -175,6 +183,61 @@ cdef void number_hashed(const int32_t* offsets, const uint8_t* data, const uint8
                 codes[i] = e.code
                 break
             pos = (pos + 1) & mask
+    return n
+
+
+cdef void rehash(const Entry* old, uint64_t old_size, Entry* table, uint64_t mask) noexcept nogil:
+    cdef uint64_t k
+    for k in range(old_size):
+        if old[k].hash != 0:
+            insert(table, mask, &old[k])
+
+
+cdef bint hashes_distinct(const uint64_t* hashes, int64_t n, uint64_t* table, uint64_t mask) noexcept nogil:
+    """Whether the n hashes (none 0) are pairwise different, by an open-addressing set of them."""
+    cdef int64_t i
+    cdef uint64_t h, pos
+    for i in range(n):
+        if i + AHEAD < n:
+            prefetch_read(&table[hashes[i + AHEAD] & mask])
+        h = hashes[i]
+        pos = h & mask
+        while table[pos] != 0:
+            if table[pos] == h:
+                return False
+            pos = (pos + 1) & mask
+        table[pos] = h
+    return True
+
+
+def all_distinct(arr):
+    """Whether every string of a pa.string() Array without nulls is different from the others.
+
+    Different 64-bit hashes prove different strings; only when two hashes are equal (a duplicate,
+    or a collision) are the strings numbered exactly (encode)."""
+    if not isinstance(arr, pa.Array) or arr.type != pa.string() or arr.null_count:
+        raise TypeError("all_distinct takes a pa.string() Array without nulls")
+    cdef int64_t n = len(arr)
+    if n < 2:
+        return True
+    _, offsets_buf, data_buf = arr.buffers()
+    offsets_np = np.frombuffer(offsets_buf, np.int32, count=n + 1, offset=arr.offset * 4)
+    data_np = np.frombuffer(data_buf, np.uint8) if data_buf is not None and data_buf.size else np.zeros(1, np.uint8)
+    cdef const int32_t[::1] offsets = offsets_np
+    cdef const uint8_t[::1] data = data_np
+    cdef uint64_t size = 16
+    while size < 2 * <uint64_t>n:
+        size *= 2
+    hashes_np = np.empty(n, np.uint64)
+    table_np = np.zeros(size, np.uint64)
+    cdef uint64_t[::1] hashes = hashes_np
+    cdef uint64_t[::1] table = table_np
+    cdef bint distinct
+    with nogil:
+        hash_rows(&offsets[0], &data[0], NULL, 0, 0, n, &hashes[0])
+        distinct = hashes_distinct(&hashes[0], n, &table[0], size - 1)
+    del hashes, table, hashes_np, table_np
+    return True if distinct else len(encode(arr)[1]) == n
 
 
 def encode(arr):
@@ -206,20 +269,30 @@ def encode(arr):
         stop = number_few(&offsets[0], &data[0], valid, bit0, n, &codes[0], &first[0], few, &distinct)
     if stop == n:
         return codes_np, first_np[:distinct].copy()
-    # more than FEW strings: a table of at least twice the rows left, entries zero = empty, from
-    # numpy's allocator (the batch pool when installed), holding the strings seen so far
-    cdef uint64_t size = 16
-    while size < 2 * <uint64_t>(n - stop + FEW):
-        size *= 2
-    table_np = np.zeros(4 * size, np.uint64)
+    # more than FEW strings: a hash table, entries zero = empty, from numpy's allocator (the batch
+    # pool when installed), started small and doubled whenever half full
     hashes_np = np.empty(n, np.uint64)
-    cdef uint64_t[::1] table = table_np
     cdef uint64_t[::1] hashes = hashes_np
+    cdef uint64_t size = 1 << 12
+    table_np = np.zeros(4 * size, np.uint64)
+    cdef uint64_t[::1] table = table_np
+    cdef uint64_t[::1] old_table
     with nogil:
+        hash_rows(&offsets[0], &data[0], valid, bit0, stop, n, &hashes[0])
         for k in range(distinct):
             few[k].hash = hash_bytes(&data[0] + offsets[first[k]], offsets[first[k] + 1] - offsets[first[k]])
             insert(<Entry*>&table[0], size - 1, &few[k])
-        number_hashed(&offsets[0], &data[0], valid, bit0, stop, n, &hashes[0], &codes[0], &first[0],
-                      <Entry*>&table[0], size - 1, &distinct)
+    while stop < n:
+        with nogil:
+            stop = number_hashed(&offsets[0], &data[0], stop, n, &hashes[0], &codes[0], &first[0],
+                                 <Entry*>&table[0], size - 1, &distinct)
+        if stop < n:
+            old_table = table
+            table_np = np.zeros(8 * size, np.uint64)
+            table = table_np
+            with nogil:
+                rehash(<Entry*>&old_table[0], size, <Entry*>&table[0], 2 * size - 1)
+            size *= 2
+            old_table = None
     del table, table_np, hashes, hashes_np
     return codes_np, first_np[:distinct].copy()

@@ -5,10 +5,12 @@ import pyarrow as pa
 import pytest
 
 from kernel import _pool
-from kernel._strhash import encode
+from kernel._strhash import all_distinct, encode
 
 
 def same_as_arrow(arr):
+    if not arr.null_count:
+        assert all_distinct(arr) == (len(arr.unique()) == len(arr))
     codes, first = encode(arr)
     expected = arr.dictionary_encode()
     assert np.array_equal(codes, np.asarray(expected.indices.fill_null(-1)))
@@ -30,7 +32,7 @@ def test_encode_small(values):
     same_as_arrow(pa.array(values, pa.string()))
 
 
-@pytest.mark.parametrize("distinct", [3, 8, 9, 5000])
+@pytest.mark.parametrize("distinct", [3, 8, 9, 5000, 10**9])
 def test_encode_random_and_sliced(distinct):
     rng = np.random.default_rng(distinct)
     values = [None if k % 7 == 0 else f"P{int(k):0{int(w)}d}"
@@ -39,6 +41,9 @@ def test_encode_random_and_sliced(distinct):
     same_as_arrow(arr)
     same_as_arrow(arr.slice(777, 9000))
     same_as_arrow(arr.slice(3, 5))
+    no_nulls = arr.drop_null()
+    same_as_arrow(no_nulls)
+    same_as_arrow(no_nulls.unique())
 
 
 def test_encode_refuses_other_types():
