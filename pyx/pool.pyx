@@ -74,6 +74,7 @@ cdef size_t kept_capacity[SLOTS]
 cdef int kept_count = 0
 cdef size_t kept_bytes = 0
 cdef size_t kept_limit = 0
+cdef size_t mapped_bytes = 0         # mapped fresh so far (each costs first-touch faults)
 cdef pthread_mutex_t lock
 pthread_mutex_init(&lock, NULL)
 
@@ -111,6 +112,8 @@ cdef void* take_block(size_t size, bint* fresh) noexcept nogil:
     block = mmap(NULL, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
     if block == MAP_FAILED:
         return NULL
+    global mapped_bytes
+    mapped_bytes += capacity
     madvise(block, capacity, MADV_HUGEPAGE)
     (<Header*>block).capacity = capacity
     fresh[0] = True
@@ -243,6 +246,11 @@ def release():
 def kept() -> tuple:
     """(blocks, bytes) kept mapped now."""
     return kept_count, kept_bytes
+
+
+def mapped() -> int:
+    """Bytes mapped fresh since the module was loaded (not served from kept blocks)."""
+    return mapped_bytes
 
 
 def active() -> bool:
