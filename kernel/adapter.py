@@ -66,7 +66,7 @@ def empty_large(shape, dtype) -> np.ndarray:
     """np.empty, on transparent huge pages when large. A large batch's arrays are written once,
     front to back (the kernel's out columns with streaming stores): first touch of 4 KiB pages
     costs more than the writing itself on these VMs, and THP is madvise-only. Inside the batch
-    path numpy allocates from kernel._pool (huge pages too, and kept for the next batch)."""
+    path numpy allocates from kernel._pool instead (blocks kept for the next batch)."""
     if _pool.active():
         return np.empty(shape, dtype)
     dtype = np.dtype(dtype)

@@ -68,9 +68,10 @@ from .policy import Pack
 _STATUS_NAMES = {v: k for k, v in layout.STATUS.items()}
 
 # The batch path's large numpy blocks are kept mapped between calls (kernel/_pool: first touch of
-# fresh memory costs more than the settling on these VMs), up to an eighth of physical memory;
+# fresh memory costs more than the settling on these VMs), up to a quarter of physical memory (a
+# 10M-visit batch maps ~5 GB);
 # kernel._pool.release() unmaps them, kernel._pool.set_limit() changes the bound.
-_pool.set_limit(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 8)
+_pool.set_limit(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4)
 
 
 def _pooled(method):
