@@ -402,8 +402,15 @@ def prepare_visits(visits: pa.Table, lines: pa.Table | None = None, source="visi
     order, in_input_order = _processing_order(psn_idx, setl_sec)
     del setl_sec
     psn_names = col["psn_no"].take(pa.array(psn_first))
-    # opening balance of a person: acct_balc on their first visit in processing order
-    first = order[first_index(psn_idx[order], len(psn_names))]
+    # opening balance of a person: acct_balc on their first visit in processing order. In input
+    # order that is the row where the person first appears (psn_first); otherwise the order groups
+    # each person's visits, persons ascending, so a person's first is where their run starts.
+    if in_input_order:
+        first = psn_first
+    else:
+        starts = np.zeros(len(psn_names), np.int64)
+        np.cumsum(np.bincount(psn_idx, minlength=len(psn_names))[:-1], out=starts[1:])
+        first = order[starts]
     balance = opening[first].astype(np.int64)
 
     def take(a, dtype):

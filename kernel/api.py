@@ -312,11 +312,13 @@ class Settler:
 
     def _acc_table(self, prep, acc) -> pa.Table:
         schemes = pa.array([s.code for s in self.pack.schemes], pa.string())
-        cols = {"psn_no": prep.psn_names.take(pa.array(prep.slot_psn)),
+        # slots ascend by person and every person has one: as many slots as persons is one each
+        one_each = len(prep.slot_psn) == len(prep.psn_names)
+        cols = {"psn_no": prep.psn_names if one_each else prep.psn_names.take(pa.array(prep.slot_psn)),
                 "insutype": schemes.take(pa.array(prep.slot_scheme)),
                 "year": pa.array(prep.slot_year, pa.int32())}
-        for k, name in enumerate(layout.ACC_COLS):
-            cols[name] = pa.array(acc[:, k])
+        for name, column in zip(layout.ACC_COLS, _by_column(acc)):
+            cols[name] = pa.array(column)
         return pa.table(cols)
 
     def settle_file(self, visits, out_path, lines=None, mode="settle", detail_path=None,
@@ -506,6 +508,15 @@ class Settler:
         if self._reference_catalogue is None:
             self._reference_catalogue = self.catalogue.as_dict()
         return self._reference_catalogue
+
+
+def _by_column(rows: np.ndarray, block: int = 4096) -> np.ndarray:
+    """The transpose of a (n, k) array, contiguous, copied a block of rows at a time (one pass over
+    memory, where k strided column copies make k)."""
+    out = np.empty((rows.shape[1], rows.shape[0]), rows.dtype)
+    for start in range(0, rows.shape[0], block):
+        out[:, start:start + block] = rows[start:start + block].T
+    return out
 
 
 _ZERO_SLOT = np.zeros(1, dtype=np.int32)
