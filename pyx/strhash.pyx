@@ -270,10 +270,12 @@ def encode(arr):
     if stop == n:
         return codes_np, first_np[:distinct].copy()
     # more than FEW strings: a hash table, entries zero = empty, from numpy's allocator (the batch
-    # pool when installed), started small and doubled whenever half full
+    # pool when installed), of at most 4096 entries at first, doubled whenever half full
     hashes_np = np.empty(n, np.uint64)
     cdef uint64_t[::1] hashes = hashes_np
-    cdef uint64_t size = 1 << 12
+    cdef uint64_t size = 16
+    while size < 4096 and size < 2 * <uint64_t>(n - stop + FEW):
+        size *= 2
     table_np = np.zeros(4 * size, np.uint64)
     cdef uint64_t[::1] table = table_np
     cdef uint64_t[::1] old_table
