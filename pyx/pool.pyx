@@ -18,6 +18,8 @@ from libc.string cimport memcpy, memset, strncpy
 
 cimport numpy as cnp
 
+import os
+
 cnp.import_array()
 
 
@@ -210,11 +212,17 @@ _capsule = PyCapsule_New(&handler, b"mem_handler", NULL)
 
 
 def set_limit(size_t nbytes):
-    """Keep at most nbytes of freed blocks mapped (0: keep none, unmap on free)."""
+    """Keep at most nbytes of freed blocks mapped (0: keep none, unmap on free). Blocks are kept
+    only as they are freed, so what is kept never exceeds the process's own peak of live blocks."""
     global kept_limit
     kept_limit = nbytes
     if nbytes == 0:
         release()
+
+
+def limit() -> int:
+    """The bytes of freed blocks kept mapped at most."""
+    return kept_limit
 
 
 def release():
@@ -233,6 +241,20 @@ def release():
         kept_bytes -= capacity
         pthread_mutex_unlock(&lock)
         munmap(block, capacity)
+
+
+def _after_fork_in_child():
+    """A forked child (resettle's worker processes) starts with a new lock and no kept blocks: they
+    are its parent's pages, copy-on-write, and the child's own batches will map and keep theirs."""
+    global kept_count, kept_bytes
+    pthread_mutex_init(&lock, NULL)
+    while kept_count:
+        kept_count -= 1
+        munmap(kept_block[kept_count], kept_capacity[kept_count])
+    kept_bytes = 0
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def kept() -> tuple:

@@ -74,3 +74,23 @@ def test_pool_blocks_are_correct_and_kept():
     del z, small
     _pool.release()
     assert _pool.kept() == (0, 0)
+
+
+def test_forked_child_starts_with_no_kept_blocks():
+    import os
+    before = _pool.limit()
+    _pool.set_limit(1 << 30)
+    with _pool.installed():
+        a = np.ones(1_000_000)
+    del a
+    assert _pool.kept()[0] >= 1
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                           # the child reports what it keeps
+        os.write(write, repr(_pool.kept()).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 100) == b"(0, 0)"
+    assert _pool.kept()[0] >= 1                            # the parent keeps its own
+    _pool.set_limit(before)
+    _pool.release()
