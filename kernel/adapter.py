@@ -82,7 +82,7 @@ def empty_large(shape, dtype) -> np.ndarray:
 
 class _Background:
     """fn() on another thread, for a large batch (the string hashing releases the GIL): prepare
-    overlaps its two string hashings (visit ids, persons) with its numpy work."""
+    overlaps its string hashings (visit ids, persons, code columns) with its numpy work."""
 
     def __init__(self, fn, background: bool):
         self._value = self._error = None

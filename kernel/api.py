@@ -66,11 +66,11 @@ from .errors import InputError
 from .policy import Pack
 
 _STATUS_NAMES = {v: k for k, v in layout.STATUS.items()}
+_MODES = {"settle": layout.MODE_SETTLE, "presettle": layout.MODE_PRESETTLE}
 
 # The batch path's large numpy blocks are kept mapped between calls (kernel/_pool: first touch of
 # fresh memory costs more than the settling on these VMs), up to a quarter of physical memory (a
-# 10M-visit batch maps ~5 GB);
-# kernel._pool.release() unmaps them, kernel._pool.set_limit() changes the bound.
+# 10M-visit batch maps ~5 GB); kernel._pool.release() unmaps them, set_limit() changes the bound.
 _pool.set_limit(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4)
 
 
@@ -81,7 +81,6 @@ def _pooled(method):
         with _pool.installed():
             return method(*args, **kwargs)
     return pooled
-_MODES = {"settle": layout.MODE_SETTLE, "presettle": layout.MODE_PRESETTLE}
 
 
 def shipped_pack_path(name="sample_rural") -> Path:

@@ -54,15 +54,8 @@ cdef extern from "numpy/arrayobject.h":
     object PyDataMem_GetHandler()
 
 
-# Every block starts with a header: its mapped capacity (0: a malloc block), then the data, 64-aligned.
-ctypedef struct Header:
-    size_t capacity
-    size_t size                  # a malloc block's data bytes (for realloc)
-
-DEF HEADER = 64
-DEF THRESHOLD = 1 << 20          # blocks from 1 MiB are mapped and kept; smaller ones are malloc'd
-DEF GRAIN = 2 << 20              # mapped blocks are multiples of 2 MiB (fewer sizes to match)
-DEF SLOTS = 256                  # kept blocks at most
+# setup.py names this module kernel._pool, so Cython does not pair it with pool.pxd: cimport the types.
+from pool cimport Header, HEADER, THRESHOLD, GRAIN, SLOTS
 
 cdef void* kept_block[SLOTS]
 cdef size_t kept_capacity[SLOTS]

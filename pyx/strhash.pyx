@@ -8,6 +8,8 @@ are numbered in order of first occurrence, as Arrow's dictionary_encode numbers 
 """
 from libc.stdint cimport int32_t, int64_t, uint64_t, uint8_t
 from libc.string cimport memcmp, memcpy
+# setup.py names this module kernel._strhash, so Cython does not pair it with strhash.pxd: cimport the types.
+from strhash cimport Entry, INLINE, AHEAD, FEW
 
 import numpy as np
 import pyarrow as pa
@@ -18,22 +20,6 @@ cdef extern from *:
     #define medsettle_prefetch_read(p) __builtin_prefetch((const void*)(p), 0, 3)
     """
     void prefetch_read "medsettle_prefetch_read"(const void* p) noexcept nogil
-
-
-# A table entry: the string's hash, its first 16 bytes (zero-padded), its length and its code.
-# Strings up to 16 bytes (ids and person numbers) are compared right here, without reading the
-# column again; longer ones are compared with the first row of the code.
-ctypedef struct Entry:
-    uint64_t hash          # 0: empty (a string hashing to 0 is stored as 1)
-    uint64_t key0
-    uint64_t key1
-    int32_t length
-    int32_t code
-
-
-DEF INLINE = 16
-DEF AHEAD = 16             # rows whose table line is fetched ahead of the probe
-DEF FEW = 8                # distinct strings compared one by one before a hash table is built
 
 
 cdef inline uint64_t mix(uint64_t h) noexcept nogil:
