@@ -691,6 +691,9 @@ def _slots(psn_slot, scheme, year, n_persons, n_schemes):
         year_lo = int(year.min())
         years = int(year.max()) - year_lo + 1
         width = n_schemes * years
+        if width == 1:          # one scheme, one year: a slot per person, numbered as the persons
+            person = np.arange(n_persons, dtype=np.int64)
+            return slot_key(person, 0, year_lo, n_schemes), psn_slot.astype(np.int32, copy=False)
         if n_persons * width <= 4 * n + 4096:
             key = psn_slot.astype(np.int64)
             key *= width
