@@ -7,6 +7,7 @@ visit row) or line, the rule and the value.
 """
 from __future__ import annotations
 
+import contextvars
 import mmap
 import threading
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import _pool
 from .compile import NO_DATE, age_in_years, as_days
 from .errors import InputError
 from .layout import ITEM_COLS
@@ -63,7 +65,10 @@ _HUGE_BYTES = 1 << 24
 def empty_large(shape, dtype) -> np.ndarray:
     """np.empty, on transparent huge pages when large. A large batch's arrays are written once,
     front to back (the kernel's out columns with streaming stores): first touch of 4 KiB pages
-    costs more than the writing itself on these VMs, and THP is madvise-only."""
+    costs more than the writing itself on these VMs, and THP is madvise-only. Inside the batch
+    path numpy allocates from kernel._pool instead (blocks kept for the next batch)."""
+    if _pool.active():
+        return np.empty(shape, dtype)
     dtype = np.dtype(dtype)
     count = int(np.prod(shape))
     nbytes = count * dtype.itemsize
@@ -76,12 +81,14 @@ def empty_large(shape, dtype) -> np.ndarray:
 
 
 class _Background:
-    """fn() on another thread, for a large batch (Arrow's hash kernels release the GIL): prepare
-    overlaps its two string hashings (visit ids, persons) with its numpy work."""
+    """fn() on another thread, for a large batch (the string hashing releases the GIL): prepare
+    overlaps its string hashings (visit ids, persons, code columns) with its numpy work."""
 
     def __init__(self, fn, background: bool):
         self._value = self._error = None
-        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True) if background else None
+        # in a copy of the caller's context: numpy allocates from the caller's allocator (kernel._pool)
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run, fn),
+                                        daemon=True) if background else None
         if self._thread is None:
             self._run(fn)
         else:
@@ -243,11 +250,23 @@ def prepare(compiled, catalogue, visits: pa.Table, lines: pa.Table | None, sourc
 
 
 def _encode(arr):
-    """(dictionary, int32 indices with -1 for null) of a string column."""
-    enc = arr.dictionary_encode()
-    idx = enc.indices
-    idx = np.asarray(idx.fill_null(-1) if idx.null_count else idx).astype(np.int32, copy=False)
-    return enc.dictionary, idx
+    """(dictionary, int32 indices with -1 for null) of a string column, as dictionary_encode gives them."""
+    idx, first = string_codes(arr)
+    return arr.take(pa.array(first, pa.int64())), idx
+
+
+def _all_distinct(arr) -> bool:
+    """Whether no string of arr (without nulls) repeats (kernel._strhash: by 64-bit hash, exactly
+    when two hashes are equal)."""
+    from ._strhash import all_distinct
+    return all_distinct(arr)
+
+
+def string_codes(arr):
+    """(int32 code per row, -1 for null; first row of each distinct string) of a string Array: the
+    indices and dictionary order of arr.dictionary_encode() (kernel._strhash, exact)."""
+    from ._strhash import encode
+    return encode(arr)
 
 
 def _civil_arith(days):
@@ -320,9 +339,11 @@ def prepare_visits(visits: pa.Table, lines: pa.Table | None = None, source="visi
     # the duplicate-id check and the person numbering hash strings on other threads; nothing
     # between here and the check's result raises (later errors are held), so the order of errors stands
     background = n >= _BACKGROUND_ROWS
-    distinct = _Background(lambda: len(pc.unique(ids)), background)
-    psn_encoded = _Background(col["psn_no"].dictionary_encode, background)
-    codes = {name: _encode(col[name]) for name in _CODE_COLUMNS if col[name] is not None}
+    psn_encoded = _Background(lambda: string_codes(col["psn_no"]), background)
+    distinct = _Background(lambda: n if _all_distinct(ids) else -1, background)
+    # so do the code columns' dictionaries (read by prepare_for_pack only; _encode never raises)
+    encoded = _Background(lambda: {name: _encode(col[name]) for name in _CODE_COLUMNS if col[name] is not None},
+                          background)
 
     end = as_days(col["enddate"])
     begin = end if col["begndate"] is None else as_days(col["begndate"])
@@ -366,6 +387,7 @@ def prepare_visits(visits: pa.Table, lines: pa.Table | None = None, source="visi
 
     if distinct.result() != n:
         psn_encoded.result()
+        encoded.result()
         counts = pc.value_counts(ids)
         dup = next(v["values"] for v in counts.to_pylist() if v["counts"] > 1)
         row = int(np.flatnonzero(np.asarray(pc.equal(ids, dup)))[1]) + 1
@@ -373,21 +395,29 @@ def prepare_visits(visits: pa.Table, lines: pa.Table | None = None, source="visi
                          row=row, source=source)
 
     # processing order: each person's visits in settlement-time order (ties keep input order)
-    psn = psn_encoded.result()
-    psn_idx = np.asarray(psn.indices).astype(np.int64)
+    psn_codes, psn_first = psn_encoded.result()
+    psn_idx = psn_codes.astype(np.int64)
+    del psn_codes
     setl_sec = np.asarray(col["setl_time"].cast(pa.timestamp("s")).cast(pa.int64()))
     order, in_input_order = _processing_order(psn_idx, setl_sec)
     del setl_sec
-    psn_names = psn.dictionary
-    # opening balance of a person: acct_balc on their first visit in processing order
-    first = order[first_index(psn_idx[order], len(psn_names))]
+    psn_names = col["psn_no"].take(pa.array(psn_first))
+    # opening balance of a person: acct_balc on their first visit in processing order. In input
+    # order that is the row where the person first appears (psn_first); otherwise the order groups
+    # each person's visits, persons ascending, so a person's first is where their run starts.
+    if in_input_order:
+        first = psn_first
+    else:
+        starts = np.zeros(len(psn_names), np.int64)
+        np.cumsum(np.bincount(psn_idx, minlength=len(psn_names))[:-1], out=starts[1:])
+        first = order[starts]
     balance = opening[first].astype(np.int64)
 
     def take(a, dtype):
         return _in_order(a, order, in_input_order, dtype)
 
     return VisitBatch(
-        n=n, source=source, line_source=line_source, col=col, codes=codes, lines=lines,
+        n=n, source=source, line_source=line_source, col=col, codes=encoded.result(), lines=lines,
         end=end, begin=begin, setl=setl, birth=birth, begin_after_end=int(bad[0]) if bad.size else -1,
         filed=filed, tail_error=tail_error,
         item=None if item is None else _in_order(item, order, in_input_order), order=order,
@@ -474,7 +504,7 @@ def prepare_for_pack(compiled, catalogue, batch: VisitBatch) -> Prepared:
         i = batch.begin_after_end
         raise InputError("begndate", "admission after discharge", str(np.datetime64(int(batch.begin[i]), "D")),
                          row=i + 1, source=source)
-    version = compiled.version_index(scheme, gov).astype(np.int32)
+    version = _version_index(compiled, scheme, gov)
     bad = np.flatnonzero(version < 0)
     if bad.size:
         i = int(bad[0])
@@ -495,8 +525,11 @@ def prepare_for_pack(compiled, catalogue, batch: VisitBatch) -> Prepared:
             by, bmd, missing = batch.birth
             age = np.where(missing, -1, gy - by - ((gm * 32 + gd) < bmd)).astype(np.int16)
         batch.cache["gov"] = (gov, age, year)
-    diag = col["dise_codg"] if col["dise_codg"] is not None else pa.nulls(n, pa.string())
-    group = compiled.resolve_groups(diag, age).astype(np.int16)
+    if pack.disease_groups:
+        diag = col["dise_codg"] if col["dise_codg"] is not None else pa.nulls(n, pa.string())
+        group = compiled.resolve_groups(diag, age).astype(np.int16)
+    else:                       # no disease group in the pack: every visit is in none (0)
+        group = np.zeros(n, np.int16)
     rule = compiled.rule_index(version, med_type, level).astype(np.int32)
 
     if away is None:
@@ -536,6 +569,26 @@ def prepare_for_pack(compiled, catalogue, batch: VisitBatch) -> Prepared:
         slot_psn=slot_psn, slot_scheme=slot_scheme, slot_year=slot_year.astype(np.int32),
         version=take(version, np.int32),
         year=take(year, np.int32))
+
+
+def _version_index(compiled, scheme, gov) -> np.ndarray:
+    """compiled.version_index(scheme, gov) as int32, computed once per (scheme, day) of the range
+    the dates span (a batch's dates span a few years) and then looked up."""
+    n = len(gov)
+    if n >= 4096:
+        lo, hi = int(gov.min()), int(gov.max())     # a missing date (NO_DATE) makes the span too wide
+        span = hi - lo + 1
+        n_schemes = len(compiled.scheme_index)
+        if 0 < span <= 400_000 and n_schemes * span <= n:
+            days = np.arange(lo, hi + 1, dtype=np.int64)
+            table = np.stack([compiled.version_index(np.full(span, si, np.int64), days).astype(np.int32)
+                              for si in range(n_schemes)])
+            at = gov - lo
+            if n_schemes == 1:
+                return table[0][at]
+            at += scheme.astype(np.int64) * span
+            return table.reshape(-1)[at]
+    return compiled.version_index(scheme, gov).astype(np.int32)
 
 
 def kind_error(pack, med_type: int, kind: str, row, source) -> InputError | None:
@@ -638,6 +691,9 @@ def _slots(psn_slot, scheme, year, n_persons, n_schemes):
         year_lo = int(year.min())
         years = int(year.max()) - year_lo + 1
         width = n_schemes * years
+        if width == 1:          # one scheme, one year: a slot per person, numbered as the persons
+            person = np.arange(n_persons, dtype=np.int64)
+            return slot_key(person, 0, year_lo, n_schemes), psn_slot.astype(np.int32, copy=False)
         if n_persons * width <= 4 * n + 4096:
             key = psn_slot.astype(np.int64)
             key *= width

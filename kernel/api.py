@@ -45,6 +45,8 @@ __all__ = ["Settler", "OneResult", "SetlDetail", "BatchResult", "FileResult", "A
 
 # --- implementation ------------------------------------------------------------------------------
 
+import functools
+import os
 import tempfile
 from dataclasses import dataclass
 from importlib import resources
@@ -54,7 +56,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import layout
+from . import _pool, layout
 from .adapter import OneVisitAdapter, Prepared, VisitBatch, empty_large, prepare_for_pack, prepare_visits
 from .catalogue import Catalogue, load_catalogue
 from .chunks import DEFAULT_CHUNK_ROWS
@@ -65,6 +67,20 @@ from .policy import Pack
 
 _STATUS_NAMES = {v: k for k, v in layout.STATUS.items()}
 _MODES = {"settle": layout.MODE_SETTLE, "presettle": layout.MODE_PRESETTLE}
+
+# The batch path's large numpy blocks are kept mapped between calls (kernel/_pool: first touch of
+# fresh memory costs more than the settling on these VMs), up to a quarter of physical memory (a
+# 10M-visit batch maps ~5 GB); kernel._pool.release() unmaps them, set_limit() changes the bound.
+_pool.set_limit(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4)
+
+
+def _pooled(method):
+    """The method with numpy's allocations served by kernel._pool (batch path only)."""
+    @functools.wraps(method)
+    def pooled(*args, **kwargs):
+        with _pool.installed():
+            return method(*args, **kwargs)
+    return pooled
 
 
 def shipped_pack_path(name="sample_rural") -> Path:
@@ -176,6 +192,7 @@ class Settler:
 
     # --- batch ---------------------------------------------------------------------------------
 
+    @_pooled
     def settle_table(self, visits: pa.Table, lines: pa.Table | None = None, mode="settle",
                      opening_acc: dict | None = None, source="visits", line_source="lines",
                      detail=False) -> BatchResult:
@@ -188,6 +205,7 @@ class Settler:
         """
         return self.settle_prepared(self.prepare(visits, lines, source, line_source), mode, opening_acc, detail)
 
+    @_pooled
     def prepare(self, visits: pa.Table, lines: pa.Table | None = None, source="visits",
                 line_source="lines") -> VisitBatch:
         """The pack-independent part of settle_table (column checks, dates, amounts, processing
@@ -196,6 +214,7 @@ class Settler:
         any pack lookup; the others are raised by settle_prepared, in settle_table's order."""
         return prepare_visits(visits, lines, source, line_source)
 
+    @_pooled
     def settle_prepared(self, batch: VisitBatch, mode="settle", opening_acc: dict | None = None,
                         detail=False) -> BatchResult:
         """settle_table of a prepared batch under this Settler's pack."""
@@ -207,6 +226,7 @@ class Settler:
                            pa.table({"psn_no": raw.prep.psn_names, "balc": pa.array(raw.balance)}),
                            self.detail_table(batch.id_columns, raw) if detail else None)
 
+    @_pooled
     def detail_table(self, id_columns, raw: "RawSettlement") -> pa.Table:
         """The setldetail rows of a settled batch, by visit in input order (kernel.detail)."""
         prep = raw.prep
@@ -214,6 +234,7 @@ class Settler:
                                    prep.cause, prep.out_area, prep.item[_INSCP_ESS])
         return self._detail.table(funds, prep.order, len(prep.order), id_columns, prep.version)
 
+    @_pooled
     def settle_raw(self, batch: VisitBatch, mode="settle", opening_acc: dict | None = None,
                    out: np.ndarray | None = None, carry=None) -> "RawSettlement":
         """settle_prepared without building the result table: the kernel's arrays, in processing order.
@@ -249,6 +270,7 @@ class Settler:
             carry.update(carried, acc, balance)
         return RawSettlement(prep, out, status, flags, acc, balance)
 
+    @_pooled
     def _result_table(self, id_columns, prep, out, status, flags) -> pa.Table:
         n = len(prep.order)
 
@@ -289,11 +311,13 @@ class Settler:
 
     def _acc_table(self, prep, acc) -> pa.Table:
         schemes = pa.array([s.code for s in self.pack.schemes], pa.string())
-        cols = {"psn_no": prep.psn_names.take(pa.array(prep.slot_psn)),
+        # slots ascend by person and every person has one: as many slots as persons is one each
+        one_each = len(prep.slot_psn) == len(prep.psn_names)
+        cols = {"psn_no": prep.psn_names if one_each else prep.psn_names.take(pa.array(prep.slot_psn)),
                 "insutype": schemes.take(pa.array(prep.slot_scheme)),
                 "year": pa.array(prep.slot_year, pa.int32())}
-        for k, name in enumerate(layout.ACC_COLS):
-            cols[name] = pa.array(acc[:, k])
+        for name, column in zip(layout.ACC_COLS, _by_column(acc)):
+            cols[name] = pa.array(column)
         return pa.table(cols)
 
     def settle_file(self, visits, out_path, lines=None, mode="settle", detail_path=None,
@@ -483,6 +507,15 @@ class Settler:
         if self._reference_catalogue is None:
             self._reference_catalogue = self.catalogue.as_dict()
         return self._reference_catalogue
+
+
+def _by_column(rows: np.ndarray, block: int = 4096) -> np.ndarray:
+    """The transpose of a (n, k) array, contiguous, copied a block of rows at a time (one pass over
+    memory, where k strided column copies make k)."""
+    out = np.empty((rows.shape[1], rows.shape[0]), rows.dtype)
+    for start in range(0, rows.shape[0], block):
+        out[:, start:start + block] = rows[start:start + block].T
+    return out
 
 
 _ZERO_SLOT = np.zeros(1, dtype=np.int32)
