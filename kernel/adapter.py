@@ -251,22 +251,29 @@ def prepare(compiled, catalogue, visits: pa.Table, lines: pa.Table | None, sourc
 
 def _encode(arr):
     """(dictionary, int32 indices with -1 for null) of a string column, as dictionary_encode gives them."""
-    idx, first = string_codes(arr)
-    return arr.take(pa.array(first, pa.int64())), idx
+    enc = arr.dictionary_encode()
+    return enc.dictionary, _indices(enc.indices)
+
+
+def _indices(idx) -> np.ndarray:
+    return np.asarray(idx.fill_null(-1) if idx.null_count else idx).astype(np.int32, copy=False)
 
 
 def _all_distinct(arr) -> bool:
-    """Whether no string of arr (without nulls) repeats (kernel._strhash: by 64-bit hash, exactly
-    when two hashes are equal)."""
-    from ._strhash import all_distinct
-    return all_distinct(arr)
+    """Whether no string of arr (without nulls) repeats."""
+    return len(pc.unique(arr)) == len(arr)
 
 
 def string_codes(arr):
     """(int32 code per row, -1 for null; first row of each distinct string) of a string Array: the
-    indices and dictionary order of arr.dictionary_encode() (kernel._strhash, exact)."""
-    from ._strhash import encode
-    return encode(arr)
+    indices and dictionary order of arr.dictionary_encode(). Its codes are numbered in order of first
+    appearance, so a code's first row is where the running maximum of the codes reaches it."""
+    idx = _indices(arr.dictionary_encode().indices)
+    if idx.size == 0:
+        return idx, np.zeros(0, np.int64)
+    running = np.maximum.accumulate(idx)
+    first = np.flatnonzero(running > np.concatenate(([-1], running[:-1])))
+    return idx, first
 
 
 def _civil_arith(days):
