@@ -158,7 +158,9 @@ def _ints(col, dtype, default=0):
         return None
     if pa.types.is_boolean(col.type):
         col = col.cast(pa.int8())
-    return np.asarray(col.fill_null(default), dtype=dtype)
+    if col.null_count:                      # else the column's own buffer, read-only, no copy
+        col = col.fill_null(default)
+    return np.asarray(col, dtype=dtype)
 
 
 def _money_rule(v):
