@@ -107,6 +107,7 @@ def test_the_one_command_runs_end_to_end_at_a_tiny_size(tmp_path):
     (size,) = result["batch"]
     assert size["n"] == 3000
     assert size["checks"] == {"Polars": equal, "DuckDB SQL": equal}
+    assert set(size["first_run_seconds"]) == {"kernel", "Polars", "DuckDB SQL"}
     assert set(size["seconds"]) == {"kernel", "kernel_core", "kernel_core_fresh", "limit", "limit_core",
                                     "Polars", "DuckDB SQL"}
     assert result["reference"]["check"].startswith(f"equal on {len(chain.COMPARED)} columns x 300 visits")
@@ -115,7 +116,8 @@ def test_the_one_command_runs_end_to_end_at_a_tiny_size(tmp_path):
     table = out.read_text()
     for line in ("| **kernel** (end to end) |", "| Polars |", "| DuckDB SQL |",
                  "| kernel chain alone (Cython, prepared arrays, output touched before) |",
-                 "| kernel chain, fresh output arrays (as inside settle_table) |",
+                 "| kernel chain, output arrays freshly mapped (settle_table takes them from kernel._pool instead) |",
+                 "| kernel, first call in the process (cold memory; not a ratio) |",
                  f"Peer checks in this run: Polars: {equal}; DuckDB SQL: {equal}",
                  "## Server capacity", "| bare grpcio echo"):
         assert line in table, line
