@@ -1,4 +1,4 @@
-# Steps 2-11 of the chain (docs/design.md): one visit through every fund layer, GIL released.
+# Steps 2-11 of the chain (docs/design.md): one visit through every fund layer; a batch runs without the GIL.
 from libc.stdint cimport int64_t, int32_t, int16_t, int8_t
 
 cdef enum:
