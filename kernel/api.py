@@ -73,22 +73,32 @@ _MODES = {"settle": layout.MODE_SETTLE, "presettle": layout.MODE_PRESETTLE}
 # 10M-visit batch maps ~5 GB); kernel._pool.release() unmaps them, set_limit() changes the bound.
 _pool.set_limit(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4)
 
-# Arrow's buffers the same way, with Arrow's own means: its jemalloc pool keeps freed pages for
-# ARROW_DECAY_MS before it returns them (its default, mimalloc, returns them at once), so a batch
-# right after another reuses warm pages. Left alone when the user chose a pool
+# Arrow's buffers the same way, with Arrow's own means: during a batch call Arrow allocates from its
+# jemalloc pool, which keeps freed pages for ARROW_DECAY_MS before it returns them (the default pool
+# here, mimalloc, returns them at once), so a batch right after another reuses warm pages. The
+# process's default pool is restored after each call. Left alone when the user chose a pool
 # (ARROW_DEFAULT_MEMORY_POOL) or this pyarrow build has no jemalloc.
 ARROW_DECAY_MS = 10_000
+_ARROW_POOL = None
 if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ and "jemalloc" in pa.supported_memory_backends():
     pa.jemalloc_set_decay_ms(ARROW_DECAY_MS)
-    pa.set_memory_pool(pa.jemalloc_memory_pool())
+    _ARROW_POOL = pa.jemalloc_memory_pool()
 
 
 def _pooled(method):
-    """The method with numpy's allocations served by kernel._pool (batch path only)."""
+    """The method with numpy's allocations served by kernel._pool and Arrow's by its jemalloc pool
+    (batch path only)."""
     @functools.wraps(method)
     def pooled(*args, **kwargs):
-        with _pool.installed():
-            return method(*args, **kwargs)
+        previous = pa.default_memory_pool()
+        if _ARROW_POOL is not None:
+            pa.set_memory_pool(_ARROW_POOL)
+        try:
+            with _pool.installed():
+                return method(*args, **kwargs)
+        finally:
+            if _ARROW_POOL is not None:
+                pa.set_memory_pool(previous)
     return pooled
 
 
