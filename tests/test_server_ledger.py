@@ -206,16 +206,18 @@ def test_a_batch_journals_as_one_by_one(tmp_path, monkeypatch):
 
     async def batched(ledger):
         # the first 30 are journaled first (the reversals undo some of them), then the writer holds
-        # until all the rest are queued: they go in one transaction
+        # (in a transaction of its own) until all the rest are queued: they go in one transaction
         for op in ops[:30]:
             await submit(ledger, op)
-        gate = threading.Event()
-        held = ledger._submit(lambda conn: gate.wait(30), ("P0", "rural", 2013, [0] * N, 0, None))
+        gate, holding = threading.Event(), threading.Event()
+        held = ledger._submit(lambda conn: holding.set() or gate.wait(30),
+                              ("P0", "rural", 2013, [0] * N, 0, None))
+        assert await asyncio.to_thread(holding.wait, 30)
         futures = [submit(ledger, op) for op in ops[30:]]
         gate.set()
         await held
         outcomes = await asyncio.gather(*futures, return_exceptions=True)
-        assert ledger.batches <= 32
+        assert ledger.batches == 30 + 2
         refused = [o for o in outcomes if isinstance(o, Exception)]
         assert len(refused) == 1 and refused[0].reason == "duplicate_request"   # request r76 twice
         for p in range(8):
