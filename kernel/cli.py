@@ -255,6 +255,10 @@ def main(argv=None) -> int:
     except (InputError, PolicyError) as e:
         err.print(f"[red]error:[/red] {e}")
         return 2
+    except OSError as e:                # a missing or unreadable file, a directory given for a file
+        from rich.markup import escape
+        err.print(f"[red]error:[/red] {escape(str(e))}")
+        return 2
 
 
 if __name__ == "__main__":

@@ -1084,6 +1084,23 @@ def _pool(processes: int):
     return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context(method))
 
 
+def run_passes(plan: Plan, work: Path, n_parts: int, chunks: list, stage, threads: bool) -> list:
+    """The re-settlement's task stages in order, each run by stage(label, fn, tasks) -> results in
+    task order (raising the first task's error in task order): split visits by person, split line
+    items by visit, check visit ids (and route lines) per bucket, settle each partition old and new.
+    The partitions' results, for finish(). One sequence for worker processes and for Dask."""
+    stage("split by person", partition_chunk,
+          [(plan, str(work), c, n_parts, k, threads) for k, c in enumerate(chunks)])
+    if plan.lines:
+        stage("split line items by visit", split_lines_chunk,
+              [(plan, str(work), c, n_parts, k, threads) for k, c in enumerate(line_chunks(plan))])
+    checked = stage("check visit ids" + (", route lines" if plan.lines else ""), _check_and_clean,
+                    [(plan, str(work), b, n_parts) for b in range(n_parts)])
+    raise_bucket_errors(checked, plan)
+    return stage(f"settle old and new, {n_parts} partitions", _settle_and_clean,
+                 [(plan, str(work), p, threads) for p in range(n_parts)])
+
+
 def resettle(plan: Plan, out_dir, progress=None, report=None) -> Outcome:
     """Run both passes on this machine: in this process, or in plan.processes worker processes
     (default: one per core for a large file). progress: optional rich Progress."""
@@ -1093,24 +1110,12 @@ def resettle(plan: Plan, out_dir, progress=None, report=None) -> Outcome:
         processes = processes_for(plan, n_rows, n_parts)
         threads = processes == 1           # one worker per core: no Arrow threads within a task
         with _pool(processes) as pool:
-            label = "split by person" + (f" ({processes} processes)" if processes > 1 else "")
-            task = progress.add_task(label, total=len(chunks)) if progress else None
-            run_tasks(pool, partition_chunk, [(plan, str(work), c, n_parts, k, threads) for k, c in enumerate(chunks)],
-                      (lambda: progress.update(task, advance=1)) if progress else None)
-            if plan.lines:
-                lines = line_chunks(plan)
-                task = progress.add_task("split line items by visit", total=len(lines)) if progress else None
-                run_tasks(pool, split_lines_chunk,
-                          [(plan, str(work), c, n_parts, k, threads) for k, c in enumerate(lines)],
-                          (lambda: progress.update(task, advance=1)) if progress else None)
-            label = "check visit ids" + (", route lines" if plan.lines else "")
-            task = progress.add_task(label, total=n_parts) if progress else None
-            checked = run_tasks(pool, _check_and_clean, [(plan, str(work), b, n_parts) for b in range(n_parts)],
-                                (lambda: progress.update(task, advance=1)) if progress else None)
-            raise_bucket_errors(checked, plan)
-            task = progress.add_task(f"settle old and new, {n_parts} partitions", total=n_parts) if progress else None
-            results = run_tasks(pool, _settle_and_clean, [(plan, str(work), p, threads) for p in range(n_parts)],
-                                (lambda: progress.update(task, advance=1)) if progress else None)
+            def stage(label, fn, tasks):
+                if processes > 1 and fn is partition_chunk:
+                    label += f" ({processes} processes)"
+                task = progress.add_task(label, total=len(tasks)) if progress else None
+                return run_tasks(pool, fn, tasks, (lambda: progress.update(task, advance=1)) if progress else None)
+            results = run_passes(plan, work, n_parts, chunks, stage, threads)
         return finish(work, out, plan, results, n_rows, n_parts, report)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)

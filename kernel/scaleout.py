@@ -19,16 +19,7 @@ import shutil
 
 import pyarrow as pa
 
-from .resettle import (Plan, _carried, _check_and_clean, _raise_carried, _settle_and_clean, check_plan, finish,
-                       line_chunks, partition_chunk, prepare_work, raise_bucket_errors, split_lines_chunk)
-
-
-def _pass1(plan, work, chunk, n_parts, index):
-    return _carried(partition_chunk, plan, work, chunk, n_parts, index, False)
-
-
-def _pass2(plan, work, part):
-    return _carried(_settle_and_clean, plan, work, part, False)
+from .resettle import Plan, _carried, _raise_carried, check_plan, finish, prepare_work, run_passes
 
 
 def _aligned(table):
@@ -85,30 +76,14 @@ def resettle_dask(plan: Plan, out_dir, scheduler="local", n_workers=2, progress=
     client, cluster, owned = client_for(scheduler, n_workers, processes=processes)
     out, work = prepare_work(out_dir)
     try:
-        task = progress.add_task(f"split by person ({len(chunks)} tasks)", total=len(chunks)) if progress else None
-        futures = [client.submit(_pass1, plan, str(work), c, n_parts, k, pure=False) for k, c in enumerate(chunks)]
-        _all_done(futures, progress, task)
-        for f in futures:               # the first bad chunk in file order: the single-process error
-            _raise_carried(f.result())
-        if plan.lines:
-            lines = line_chunks(plan)
-            task = (progress.add_task(f"split line items by visit ({len(lines)} tasks)", total=len(lines))
-                    if progress else None)
-            futures = [client.submit(_carried, split_lines_chunk, plan, str(work), c, n_parts, k, False, pure=False)
-                       for k, c in enumerate(lines)]
+        def stage(label, fn, tasks):
+            task = progress.add_task(f"{label} ({len(tasks)} tasks)", total=len(tasks)) if progress else None
+            futures = [client.submit(_carried, fn, *args, pure=False) for args in tasks]
             _all_done(futures, progress, task)
-            for f in futures:
-                _raise_carried(f.result())
-        label = "check visit ids" + (", route lines" if plan.lines else "")
-        task = progress.add_task(label, total=n_parts) if progress else None
-        futures = [client.submit(_carried, _check_and_clean, plan, str(work), b, n_parts, pure=False)
-                   for b in range(n_parts)]
-        _all_done(futures, progress, task)
-        raise_bucket_errors([_raise_carried(f.result()) for f in futures], plan)
-        task = progress.add_task(f"settle old and new, {n_parts} partitions", total=n_parts) if progress else None
-        futures = [client.submit(_pass2, plan, str(work), p, pure=False) for p in range(n_parts)]
-        _all_done(futures, progress, task)
-        results = [_raise_carried(f.result()) for f in futures]
+            # the first failed task in task order: the error a run one task after another reports
+            return [_raise_carried(f.result()) for f in futures]
+        # one thread a task: the unit of parallelism is the worker thread (no Arrow threads within)
+        results = run_passes(plan, work, n_parts, chunks, stage, False)
         results = [(_aligned(summary), hist, _aligned(gains)) for summary, hist, gains in results]
         return finish(work, out, plan, results, n_rows, n_parts, report)
     except BaseException:

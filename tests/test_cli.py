@@ -179,3 +179,14 @@ def test_settle_file_writes_parquet_and_nothing_on_error(tmp_path):
     with pytest.raises(InputError):
         settler.settle_file(visits, out)
     assert not out.exists() and not (tmp_path / "r.parquet.partial").exists()
+
+
+def test_a_file_that_cannot_be_read_gets_a_one_line_error(tmp_path, capsys):
+    # a directory given for the visits file, or a missing file: exit 2 and the reason, no traceback,
+    # nothing written
+    out = tmp_path / "results.parquet"
+    for given, reason in ((tmp_path, "is a directory"), (tmp_path / "missing.parquet", "No such file")):
+        assert main(["settle", str(given), "--out", str(out)]) == 2
+        text = " ".join(capsys.readouterr().err.split())      # as one line, however rich wrapped it
+        assert "error:" in text and reason in text and "Traceback" not in text
+        assert not out.exists()
