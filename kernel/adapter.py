@@ -211,9 +211,8 @@ def _known(index, col, name, mapping, source):
 # The checks are made in the order prepare() has always made them: an error of the first part that
 # comes after a pack check in that order is held and raised by the second part at its place.
 
-_CODE_COLUMNS = ("insutype", "inj_cause", "psn_cats", "insu_admdvs", "mdtrt_admdvs", "fixmedins_type")
-# med_type and medins_lv are looked up against each pack's own codes instead (_pack_codes): one
-# lookup pass over a handful of codes costs less than numbering the column's strings
+_CODE_COLUMNS = ("insutype", "med_type", "medins_lv", "inj_cause", "psn_cats", "insu_admdvs", "mdtrt_admdvs",
+                 "fixmedins_type")
 
 
 @dataclass
@@ -474,23 +473,14 @@ def _known_codes(batch, name, lookup, mapping, null=-1):
     return _known(index, batch.col[name], name, mapping, batch.source)
 
 
-def _pack_codes(batch, name, mapping: dict) -> np.ndarray:
-    """int16 index per visit of a required code column under one pack ({code: 0, 1, ...}), by
-    pc.index_in against the pack's codes; InputError at the first unknown code, as _known_codes."""
-    codes = pa.array(sorted(mapping, key=mapping.get), pa.string())
-    found = pc.index_in(batch.col[name], value_set=codes, skip_nulls=True)
-    return _known(np.asarray(found.fill_null(-1)).astype(np.int16, copy=False), batch.col[name], name,
-                  mapping, batch.source)
-
-
 def prepare_for_pack(compiled, catalogue, batch: VisitBatch) -> Prepared:
     """The pack-dependent part of prepare(): codes, versions, rules, groups, accumulator slots."""
     n, source, col, pack = batch.n, batch.source, batch.col, compiled.pack
     order = batch.order
 
     scheme = _known_codes(batch, "insutype", compiled.scheme_of, compiled.scheme_index)
-    med_type = _pack_codes(batch, "med_type", compiled.med_type_index)
-    level = _pack_codes(batch, "medins_lv", compiled.level_index)
+    med_type = _known_codes(batch, "med_type", compiled.med_type_of, compiled.med_type_index)
+    level = _known_codes(batch, "medins_lv", compiled.level_of, compiled.level_index)
     _check_kinds(batch, pack, med_type)
     if col["inj_cause"] is None:
         cause = np.full(n, compiled.cause_index["none"], dtype=np.int16)
