@@ -513,7 +513,7 @@ def prepare_for_pack(compiled, catalogue, batch: VisitBatch) -> Prepared:
         i = batch.begin_after_end
         raise InputError("begndate", "admission after discharge", str(np.datetime64(int(batch.begin[i]), "D")),
                          row=i + 1, source=source)
-    version = _version_index(compiled, scheme, gov)
+    version = compiled.version_index(scheme, gov)
     bad = np.flatnonzero(version < 0)
     if bad.size:
         i = int(bad[0])
@@ -578,26 +578,6 @@ def prepare_for_pack(compiled, catalogue, batch: VisitBatch) -> Prepared:
         slot_psn=slot_psn, slot_scheme=slot_scheme, slot_year=slot_year.astype(np.int32),
         version=take(version, np.int32),
         year=take(year, np.int32))
-
-
-def _version_index(compiled, scheme, gov) -> np.ndarray:
-    """compiled.version_index(scheme, gov) as int32, computed once per (scheme, day) of the range
-    the dates span (a batch's dates span a few years) and then looked up."""
-    n = len(gov)
-    if n >= 4096:
-        lo, hi = int(gov.min()), int(gov.max())     # a missing date (NO_DATE) makes the span too wide
-        span = hi - lo + 1
-        n_schemes = len(compiled.scheme_index)
-        if 0 < span <= 400_000 and n_schemes * span <= n:
-            days = np.arange(lo, hi + 1, dtype=np.int64)
-            table = np.stack([compiled.version_index(np.full(span, si, np.int64), days).astype(np.int32)
-                              for si in range(n_schemes)])
-            at = gov - lo
-            if n_schemes == 1:
-                return table[0][at]
-            at += scheme.astype(np.int64) * span
-            return table.reshape(-1)[at]
-    return compiled.version_index(scheme, gov).astype(np.int32)
 
 
 def kind_error(pack, med_type: int, kind: str, row, source) -> InputError | None:

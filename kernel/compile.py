@@ -271,6 +271,21 @@ class CompiledPack:
         """
         scheme = np.asarray(scheme_idx).astype(np.int64, copy=False)
         days = as_days(gov_date)
+        n, n_schemes = len(days), len(self._spans)
+        if n >= 4096 and scheme.size and 0 <= scheme.min() and scheme.max() < n_schemes:
+            # a batch: every (scheme, day) of the days' range looked up once, then gathered (a
+            # batch's dates span a few years; a missing date makes the range too wide for this)
+            lo, hi = int(days.min()), int(days.max())
+            span = hi - lo + 1
+            if 0 < span <= 400_000 and n_schemes * span <= n:
+                every_day = np.arange(lo, hi + 1, dtype=np.int64)
+                table = np.concatenate([self._versions_on(np.full(span, si, np.int64), every_day)
+                                        for si in range(n_schemes)])
+                return table[scheme * span + (days - lo)]
+        return self._versions_on(scheme, days)
+
+    def _versions_on(self, scheme, days) -> np.ndarray:
+        """version_index of int64 scheme indices and days, searched per scheme."""
         out = np.full(scheme.shape, -1, np.int32)
         for si in np.unique(scheme):
             if si < 0 or si >= len(self._spans):

@@ -64,8 +64,10 @@ def test_pool_blocks_are_correct_and_kept():
     del a
     blocks, kept_bytes = _pool.kept()
     assert blocks >= 1 and kept_bytes >= 8_000_000
+    fresh = _pool.mapped()
     with _pool.installed():
         z = np.zeros(1_000_000, np.int64)                  # a kept, dirty block: zeroed again
+        assert _pool.mapped() == fresh                     # served from the kept block, not mapped anew
         assert not z.any()
         small.resize(500_000, refcheck=False)              # malloc block grows into a mapped one
         assert small[:10].tolist() == list(range(10))

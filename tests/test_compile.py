@@ -205,6 +205,23 @@ def test_version_index(rural):
     assert rural.version_index(np.zeros(3, np.int16), arrow).tolist() == [1, -1, -1]
 
 
+@pytest.mark.parametrize("name", ["rural", "city"])
+def test_version_index_of_a_batch_is_the_per_visit_answer(name, request):
+    # a batch of 4,096 visits or more is answered from a table of every (scheme, day) in its range:
+    # each visit's version must be what each visit alone gets (version boundaries inside the range,
+    # days before any version, every scheme of the pack)
+    pack = request.getfixturevalue(name)
+    rng = np.random.default_rng(3)
+    n_schemes = len(pack.scheme_index)
+    days = rng.integers(np.datetime64("2010-06-01", "D").astype(np.int64),
+                        np.datetime64("2014-06-01", "D").astype(np.int64), 20_000)
+    scheme = rng.integers(0, n_schemes, 20_000)
+    batch = pack.version_index(scheme, days)
+    one_by_one = [int(pack.version_index(scheme[k:k + 1], days[k:k + 1])[0]) for k in range(0, 20_000, 7)]
+    assert batch[::7].tolist() == one_by_one
+    assert (batch >= 0).any() and (batch < 0).any()      # in force and not, both in the range
+
+
 def test_version_index_several_schemes(city):
     scheme = city.scheme_of(pa.array(["resident", "employee", "resident", "nobody", None]))
     assert scheme.tolist() == [1, 0, 1, -1, -1]
