@@ -602,11 +602,15 @@ def _check_kinds(batch, pack, med_type):
         return
     dictionary, idx = batch.codes["fixmedins_type"]
     kinds = dictionary.to_pylist()
-    # (med type, kind) pairs are few: check each once, then find the first visit of a bad one
-    bad_pairs = {(m, k) for m, k in set(zip(med_type.tolist(), idx.tolist()))
-                 if k >= 0 and kind_error(pack, m, kinds[k], None, None) is not None}
-    if bad_pairs:
-        i = next(i for i, pair in enumerate(zip(med_type.tolist(), idx.tolist())) if pair in bad_pairs)
+    # (med type, kind) pairs are few: check each once into a table, then find the first visit of a
+    # bad one without Python per visit (the last column, reached by a null kind's -1, is good)
+    bad = np.zeros((len(pack.med_types), len(kinds) + 1), bool)
+    for m in range(len(pack.med_types)):
+        for k, kind in enumerate(kinds):
+            bad[m, k] = kind_error(pack, m, kind, None, None) is not None
+    rows = np.flatnonzero(bad[med_type, idx])
+    if rows.size:
+        i = int(rows[0])
         raise kind_error(pack, int(med_type[i]), kinds[idx[i]], i + 1, batch.source)
 
 

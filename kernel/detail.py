@@ -335,7 +335,7 @@ class DetailBuilder:
         after_topup = (" (after the guaranteed-minimum top-up, which cannot be told from a banded basic "
                        "payment)") if flags & _AFTER_TOPUP == _AFTER_TOPUP else ""
         if code == "hifp":
-            return [f"{head}: in scope ", ("inscp",)] + self._hifp_words(R, rule, flags, has, *rest) \
+            return [f"{head}: in scope ", ("inscp",)] + self._hifp_words(R, rule, has, *rest) \
                 + ["; paid ", ("pay",)] + ([capped] if has("F_HIFP_CAPPED") else []) \
                 + ([f", of which guaranteed-minimum top-up (兜底: funds pay at least {pct(R[_C['R_GM_RATIO']])} "
                     "of the total) ", ("topup",)] if has("F_GM_TOPUP") else []) + limit
@@ -347,7 +347,7 @@ class DetailBuilder:
                     f" x {pct(R[_C['R_OB_RATIO']])}; paid ", ("pay",)] \
                 + ([capped] if has("F_HIFOB_CAPPED") else []) + limit
         if code == "hifmi":
-            return self._mi_words(R, head, flags, has, rest[0], after_topup) + ["; paid ", ("pay",)] \
+            return self._mi_words(R, head, has, rest[0], after_topup) + ["; paid ", ("pay",)] \
                 + ([capped] if has("F_MI_CAPPED") else []) + limit
         if code == "cvlserv":
             return [f"{head}: in-scope self-pay left after serious illness{after_topup} ", ("base",),
@@ -360,7 +360,7 @@ class DetailBuilder:
                 + f" x {pct(R[_C['R_MAF_RATIO']])}; paid ", ("pay",)] \
             + ([capped] if has("F_MAF_CAPPED") else []) + limit
 
-    def _hifp_words(self, R, rule, flags, has, group, cats, out_area, ratio) -> list:
+    def _hifp_words(self, R, rule, has, group, cats, out_area, ratio) -> list:
         D = self.cp.diseases[rule * self.cp.n_groups + group]
         words = []
         quota = has("F_QUOTA") or has("F_BEDDAY")
@@ -419,7 +419,7 @@ class DetailBuilder:
                 how.append(f"essential drugs {_signed(R[_C['R_ESS_UPLIFT']])}")
         return words + [f" ({'; '.join(how)})"]
 
-    def _mi_words(self, R, head, flags, has, cats, after_topup) -> list:
+    def _mi_words(self, R, head, has, cats, after_topup) -> list:
         base = "in-scope self-pay" if R[_C["R_MI_BASE"]] == 0 else "all self-pay"
         words = [f"{head}: {base} after the basic fund and the large-amount subsidy{after_topup} ", ("base",)]
         threshold = fen(R[_C["R_MI_THRESHOLD"]])

@@ -177,10 +177,6 @@ def ratios(summary: pa.Table, funding: Funding, inpatient_med_types=("21",)) -> 
     return out
 
 
-def _signed_pct(bp: int) -> str:
-    return pct(bp) if bp >= 0 else "-" + pct(-bp)
-
-
 def patients_table(h: dict) -> Table:
     p = _table("patients: owed (补付) and recovered (追回)", "", ["total (yuan)"], ["persons"])
     p.add_row("owed to patients (补付)", fen(h["owed_total"]), f"{h['persons_owed']:,}")
@@ -201,10 +197,10 @@ def figures_table(r: dict, funding: Funding) -> Table:
     if "surplus" in r:
         su = r["surplus"]
         f.add_row("pooled fund spending (yuan)", fen(su["old"]["spent"]), fen(su["new"]["spent"]))
-        f.add_row("current-year surplus (limit 15%)", _signed_pct(su["old"]["current_bp"]),
-                  _signed_pct(su["new"]["current_bp"]))
-        f.add_row("cumulative surplus (limit 25%)", _signed_pct(su["old"]["cumulative_bp"]),
-                  _signed_pct(su["new"]["cumulative_bp"]))
+        f.add_row("current-year surplus (limit 15%)", pct(su["old"]["current_bp"]),
+                  pct(su["new"]["current_bp"]))
+        f.add_row("cumulative surplus (limit 25%)", pct(su["old"]["cumulative_bp"]),
+                  pct(su["new"]["cumulative_bp"]))
     return f
 
 

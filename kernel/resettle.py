@@ -946,7 +946,7 @@ def finish(work: Path, out: Path, plan: Plan, results: list, rows: int, n_parts:
 
 
 def empty_gains() -> pa.Table:
-    return gains_partial(_empty_persons()) or pa.table(
+    return pa.table(
         {"region": pa.array([], pa.string()), "psn_cats": pa.array([], pa.string())}
         | {c: pa.array([], pa.int64()) for c in ("persons", "persons_owed", "owed", "persons_recovered", "recovered")})
 

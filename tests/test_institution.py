@@ -8,15 +8,9 @@ import pyarrow as pa
 import pytest
 
 from kernel import reference
-from kernel.api import Settler, shipped_pack_path
 from kernel.errors import InputError
 
 Y = 100
-
-
-@pytest.fixture(scope="module")
-def settler():
-    return Settler.from_files(shipped_pack_path("sample_city"))
 
 
 def province_admission(mdtrt_id, psn_no, **over):
@@ -40,23 +34,23 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_first_visit_institution_needs_no_referral(settler, case):
+def test_first_visit_institution_needs_no_referral(city, case):
     over, ratio, hifp = CASES[case]
     visit = province_admission("V1", "P1", **over)
-    row = settler.settle_table(pa.Table.from_pylist([visit])).table.to_pylist()[0]
+    row = city.settle_table(pa.Table.from_pylist([visit])).table.to_pylist()[0]
     assert (row["pool_prop_selfpay"], row["hifp_pay"]) == (ratio, hifp)
-    one = settler.settle_one(visit, None, {}, 0)
+    one = city.settle_one(visit, None, {}, 0)
     assert (one.amounts["pool_prop_selfpay"], one.amounts["hifp_pay"]) == (ratio, hifp)
-    result, _, _, _ = reference.settle_visit(settler.pack, {}, visit, None, None, 0)
+    result, _, _, _ = reference.settle_visit(city.pack, {}, visit, None, None, 0)
     assert (result["pool_prop_selfpay"], result["hifp_pay"]) == (ratio, hifp)
 
 
-def test_a_pharmacy_settles_outpatient_purchases_only(settler):
+def test_a_pharmacy_settles_outpatient_purchases_only(city):
     outpatient = province_admission("V1", "P1", med_type="11", medins_lv="1", fixmedins_type="pharmacy")
-    assert settler.settle_table(pa.Table.from_pylist([outpatient])).table.num_rows == 1
+    assert city.settle_table(pa.Table.from_pylist([outpatient])).table.num_rows == 1
     admission = province_admission("V2", "P2", fixmedins_type="pharmacy")
-    batch = (lambda: settler.settle_table(pa.Table.from_pylist([outpatient, admission])), 2)
-    one = (lambda: settler.settle_one(admission, None, {}, 0), 1)
+    batch = (lambda: city.settle_table(pa.Table.from_pylist([outpatient, admission])), 2)
+    one = (lambda: city.settle_one(admission, None, {}, 0), 1)
     for settle, row in (batch, one):
         with pytest.raises(InputError) as e:
             settle()
@@ -65,10 +59,10 @@ def test_a_pharmacy_settles_outpatient_purchases_only(settler):
         assert "med type 21 is not settled at this kind of institution (settled at: hospital)" in str(err)
 
 
-def test_unknown_institution_kind(settler):
+def test_unknown_institution_kind(city):
     visit = province_admission("V1", "P1", fixmedins_type="clinic")
     with pytest.raises(InputError, match="unknown institution kind") as e:
-        settler.settle_table(pa.Table.from_pylist([visit]))
+        city.settle_table(pa.Table.from_pylist([visit]))
     assert (e.value.field, e.value.value, e.value.row) == ("fixmedins_type", "clinic", 1)
     with pytest.raises(InputError, match="unknown institution kind"):
-        settler.settle_one(visit, None, {}, 0)
+        city.settle_one(visit, None, {}, 0)
