@@ -63,12 +63,18 @@ cdef inline int64_t adjusted_ratio(const Visit* v, const Settlement* s, int64_t 
     return min64(max64(r, 0), 10000)
 
 
+# The disease group's floor decides the rate (F_FLOOR): a floor is set and is above the adjusted
+# rate. (An override, checked by the callers, decides before any floor.)
+cdef inline bint floor_decides(const Visit* v, const Settlement* s, int64_t rate) noexcept nogil:
+    return v.dis[D_FLOOR] > 0 and v.dis[D_FLOOR] > rate + s.delta
+
+
 cdef inline int64_t applied_ratio(const Visit* v, Settlement* s, int64_t rate) noexcept nogil:
     if s.denied:
         return 0
     if v.dis[D_OVERRIDE] > 0:
         s.flags |= 1 << F_OVERRIDE
-    elif v.dis[D_FLOOR] > 0 and v.dis[D_FLOOR] > rate + s.delta:
+    elif floor_decides(v, s, rate):
         s.flags |= 1 << F_FLOOR
     return adjusted_ratio(v, s, rate)
 
@@ -76,7 +82,7 @@ cdef inline int64_t applied_ratio(const Visit* v, Settlement* s, int64_t rate) n
 cdef inline int64_t banded_amount(const Visit* v, Settlement* s, const int64_t* band, int64_t lo,
                                   int64_t hi, bint adjust) noexcept nogil:
     # unused bands have lower edge BAND_UNUSED (2**62): they overlap nothing and end the band before them
-    cdef int64_t total = 0, k, edge, upper, overlap, rate, floor = v.dis[D_FLOOR], delta = s.delta
+    cdef int64_t total = 0, k, edge, upper, overlap, rate
     cdef bint floored = False
     for k in range(BAND_MAX):
         edge = band[2 * k]
@@ -87,7 +93,7 @@ cdef inline int64_t banded_amount(const Visit* v, Settlement* s, const int64_t* 
         if overlap > 0:
             rate = band[2 * k + 1]
             if adjust:
-                floored |= floor > 0 and floor > rate + delta
+                floored |= floor_decides(v, s, rate)
                 rate = adjusted_ratio(v, s, rate)
             total += overlap * rate
     if floored and v.dis[D_OVERRIDE] <= 0:
