@@ -101,15 +101,13 @@ def load_policy(path):
     base's from their first effective_from (earlier base versions are cut off the day before).
     A draft version may inherit from any base version. Drafts are how a change is costed before
     anyone enacts it (基金测算)."""
-    from .policy import PolicyError, load_pack, pack_from_raw
+    from .policy import PolicyError, is_draft, pack_from_raw
     path = Path(path)
     try:
         raw = msgspec.toml.decode(path.read_bytes())
     except (OSError, msgspec.DecodeError) as e:
         raise PolicyError(path, "", f"cannot read the pack: {e}") from None
-    if "base" not in raw:
-        return load_pack(path)
-    return pack_from_raw(_draft_over_base(raw, path), path)
+    return pack_from_raw(_draft_over_base(raw, path) if is_draft(raw) else raw, path)
 
 
 def _draft_over_base(raw: dict, path: Path) -> dict:
