@@ -252,3 +252,49 @@ def test_cli_writes_nothing_on_bad_input(tmp_path, code):
     assert main(["settle", str(visits), "--lines", str(lines), "--out", str(out)]) == 2
     assert not out.exists()
     assert set(tmp_path.iterdir()) == {visits, lines}
+
+
+def _batch(n, ids, med_type_at=None):
+    """n precomputed visits of one rural person a day apart (visit ids given), one of them with an
+    unknown med type (an error found with the pack's codes, after the duplicate-id check's place)."""
+    days = [dt.date(2013, 1, 1) + dt.timedelta(days=i % 300) for i in range(n)]
+    med = ["21"] * n
+    if med_type_at is not None:
+        med[med_type_at] = "99"
+    zero = pa.array([0] * n, pa.int64())
+    return pa.table({
+        "mdtrt_id": ids, "psn_no": [f"P{i % 1000}" for i in range(n)], "insutype": ["rural"] * n,
+        "medins_lv": ["2"] * n, "med_type": med, "begndate": pa.array(days, pa.date32()),
+        "enddate": pa.array(days, pa.date32()),
+        "setl_time": pa.array([dt.datetime.combine(d, dt.time(10)) for d in days], pa.timestamp("s")),
+        "fulamt_ownpay_amt": zero, "overlmt_selfpay": zero, "preselfpay_amt": zero,
+        "inscp_scp_amt": pa.array([300 * Y] * n, pa.int64())})
+
+
+def _ids(n, ascending):
+    """n distinct visit ids: zero-padded, so they ascend as strings, or not ("V10" < "V2")."""
+    return [f"V{i:07d}" if ascending else f"V{i}" for i in range(n)]
+
+
+@pytest.mark.parametrize("ascending", [True, False])
+@pytest.mark.parametrize("n", [5, 200_001])   # 200,001: the strings are hashed on other threads
+def test_a_duplicate_visit_id_is_the_first_error(settler, n, ascending):
+    """Found whether the ids ascend (one comparison per row) or not (a hash table), next to each
+    other or far apart; its error comes before any error that the pack's code lookups find, and a
+    batch with both returns nothing."""
+    from kernel import adapter
+    assert (n >= adapter._BACKGROUND_ROWS) == (n > 5)
+    for first, again in [(n // 2, n - 1), (n // 2, n // 2 + 1)]:
+        ids = _ids(n, ascending)
+        ids[again] = ids[first]
+        with pytest.raises(InputError) as e:
+            settler.settle_table(_batch(n, ids, med_type_at=1))
+        assert (e.value.field, e.value.row, e.value.value) == ("mdtrt_id", again + 1, ids[first])
+        assert "duplicate visit id" in str(e.value)
+    # distinct ids: the med type is the first error
+    with pytest.raises(InputError) as e:
+        settler.settle_table(_batch(n, _ids(n, ascending), med_type_at=1))
+    assert (e.value.field, e.value.row, e.value.value) == ("med_type", 2, "99")
+    # and with neither, it settles
+    out = settler.settle_table(_batch(n, _ids(n, ascending))).table
+    assert out.num_rows == n and out.column("mdtrt_id").to_pylist() == _ids(n, ascending)

@@ -108,8 +108,8 @@ def test_the_one_command_runs_end_to_end_at_a_tiny_size(tmp_path):
     assert size["n"] == 3000
     assert size["checks"] == {"Polars": equal, "DuckDB SQL": equal}
     assert set(size["first_run_seconds"]) == {"kernel", "Polars", "DuckDB SQL"}
-    assert set(size["seconds"]) == {"kernel", "kernel_core", "kernel_core_fresh", "limit", "limit_core",
-                                    "Polars", "DuckDB SQL"}
+    assert set(size["seconds"]) == {"kernel", "kernel_unordered_ids", "kernel_core", "kernel_core_fresh",
+                                    "limit", "limit_core", "Polars", "DuckDB SQL"}
     assert result["reference"]["check"].startswith(f"equal on {len(chain.COMPARED)} columns x 300 visits")
     srv = result["server"]
     assert srv["loadtest_settle"]["ledger_check"]["ok"] and srv["loadtest_mixed"]["ledger_check"]["ok"]
@@ -118,6 +118,7 @@ def test_the_one_command_runs_end_to_end_at_a_tiny_size(tmp_path):
                  "| kernel chain alone (Cython, prepared arrays, output touched before) |",
                  "| kernel chain, output arrays freshly mapped (settle_table takes them from kernel._pool instead) |",
                  "| kernel, first call in the process (cold memory; not a ratio) |",
+                 "| kernel, the same visits with their ids in descending order (duplicate-id check by hash table) |",
                  f"Peer checks in this run: Polars: {equal}; DuckDB SQL: {equal}",
                  "## Server capacity", "| bare grpcio echo"):
         assert line in table, line
