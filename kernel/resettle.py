@@ -240,11 +240,12 @@ def hash_strings(arr) -> np.ndarray:
     lengths = np.diff(offs)
     h = lengths.astype(np.uint64) * _K
     with np.errstate(over="ignore"):
-        for length in (np.unique(lengths).tolist() if n else []):
+        distinct = np.unique(lengths).tolist() if n else []
+        for length in distinct:
             if length == 0:
                 continue
             words = (length + 7) // 8
-            if lengths[0] == length and lengths[-1] == length and offs[-1] - offs[0] == n * length:
+            if len(distinct) == 1:
                 rows = slice(None)              # every string this long: the bytes are an n x length matrix
                 mat = data[offs[0]:offs[-1]].reshape(n, length)
             else:

@@ -420,6 +420,9 @@ def test_hash_of_a_person_does_not_depend_on_the_array():
     assert (hash_strings(pa.array(names).slice(3)) == h[3:]).all()
     same_length = pa.array([f"530302P{k:08d}" for k in range(50)])     # the one-length fast path
     assert (hash_strings(same_length) == hash_strings(pa.array(same_length.to_pylist() + ["x"]))[:50]).all()
+    # lengths 10, 5, 15, 10: the first and last are 10 and so is the mean, yet they differ
+    mixed = ["P000000001", "P0002", "P00000000000003", "P000000004"]
+    assert hash_strings(pa.array(mixed)).tolist() == [int(hash_strings(pa.array([s]))[0]) for s in mixed]
 
 
 # --- bad input files ----------------------------------------------------------------------------
