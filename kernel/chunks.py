@@ -32,13 +32,52 @@ class OutOfOrder(Exception):
     """A person's visit in this chunk is earlier than one of theirs settled in an earlier chunk."""
 
 
+class SortedRuns:
+    """Keys in sorted runs, each key with a payload row (a number, a row of accumulators). Adding a
+    chunk's keys makes a new run, and the last two runs merge while the earlier is not larger, as
+    a binary counter carries: over a file, each key is copied about log2(chunks) times, where one
+    sorted array with insertions would copy every key at every chunk (quadratic in the file)."""
+
+    def __init__(self):
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def add(self, keys: np.ndarray, payload: np.ndarray) -> None:
+        if len(keys) == 0:
+            return
+        order = np.argsort(keys, kind="stable")
+        self.runs.append((keys[order], payload[order]))
+        while len(self.runs) > 1 and len(self.runs[-2][0]) <= len(self.runs[-1][0]):
+            (k1, p1), (k2, p2) = self.runs[-2:]
+            keys = np.concatenate([k1, k2])
+            order = np.argsort(keys, kind="stable")      # two sorted runs: a linear merge
+            self.runs[-2:] = [(keys[order], np.concatenate([p1, p2])[order])]
+
+    def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(run, position) of each key's first entry; run -1 for a key not present."""
+        run = np.full(len(keys), -1, np.int64)
+        at = np.zeros(len(keys), np.int64)
+        for r, (k, _) in enumerate(self.runs):
+            lo = np.searchsorted(k, keys)
+            hit = np.flatnonzero((run < 0) & (lo < len(k)))
+            hit = hit[k[lo[hit]] == keys[hit]]
+            run[hit], at[hit] = r, lo[hit]
+        return run, at
+
+    def merged(self) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, payload) of every run, in key order."""
+        if not self.runs:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        keys = np.concatenate([k for k, _ in self.runs])
+        order = np.argsort(keys, kind="stable")
+        return keys[order], np.concatenate([p for _, p in self.runs])[order]
+
+
 class StringIndex:
     """Strings numbered 0, 1, ... in the order added, found again by a 64-bit hash of their bytes
     (kernel.resettle.hash_strings), the string itself compared to rule out a collision."""
 
     def __init__(self):
-        self.hashes = np.zeros(0, np.uint64)     # sorted
-        self.numbers = np.zeros(0, np.int64)     # the string's number at each sorted hash
+        self.hashes = SortedRuns()               # hash -> the string's number
         self.strings: list[pa.Array] = []       # in the order added
         self.size = 0
 
@@ -50,27 +89,28 @@ class StringIndex:
         number = np.full(len(strings), -1, np.int64)
         if self.size == 0 or len(strings) == 0:
             return number
-        lo = np.searchsorted(self.hashes, h, side="left")
-        hit = np.flatnonzero((lo < self.size) & (self.hashes[np.minimum(lo, self.size - 1)] == h))
-        if hit.size:
-            number[hit] = self.numbers[lo[hit]]
-            same = np.asarray(pc.equal(strings.take(pa.array(hit)), self.take(number[hit])), dtype=bool)
+        for hashes, numbers in self.hashes.runs:        # each string is in one run at most
+            lo = np.searchsorted(hashes, h, side="left")
+            hit = np.flatnonzero((number < 0) & (lo < len(hashes)))
+            hit = hit[hashes[lo[hit]] == h[hit]]
+            if not hit.size:
+                continue
+            candidate = numbers[lo[hit]]
+            same = np.asarray(pc.equal(strings.take(pa.array(hit)), self.take(candidate)), dtype=bool)
+            number[hit[same]] = candidate[same]
             for i in hit[~same]:                 # a hash shared by different strings: compare them all
-                hi = np.searchsorted(self.hashes, h[i], side="right")
-                candidates = self.numbers[lo[i]:hi]
+                hi = np.searchsorted(hashes, h[i], side="right")
+                candidates = numbers[lo[i]:hi]
                 match = np.flatnonzero(np.asarray(pc.equal(self.take(candidates), strings[int(i)]), dtype=bool))
-                number[i] = candidates[match[0]] if match.size else -1
+                if match.size:
+                    number[i] = candidates[match[0]]
         return number
 
     def add(self, strings) -> None:
         """Number the strings (none of them added before) self.size, self.size + 1, ..."""
         from .resettle import hash_strings
         strings = _array(strings)
-        h = hash_strings(strings)
-        order = np.argsort(h, kind="stable")
-        at = np.searchsorted(self.hashes, h[order], side="right")
-        self.hashes = np.insert(self.hashes, at, h[order])
-        self.numbers = np.insert(self.numbers, at, self.size + order)
+        self.hashes.add(hash_strings(strings), self.size + np.arange(len(strings), dtype=np.int64))
         self.strings.append(strings)
         self.size += len(strings)
 
@@ -98,8 +138,7 @@ class Carry:
         self.persons = StringIndex()
         self.balance = np.zeros(0, np.int64)
         self.last_setl = np.zeros(0, np.int64)
-        self.keys = np.zeros(0, np.int64)        # sorted
-        self.acc = np.zeros((0, len(ACC_COLS)), np.int64)
+        self.slots = SortedRuns()                # slot key -> its accumulators (a row of ACC_COLS)
 
     def opening(self, batch, prep):
         """(accumulators of prep's slots, balance per prep person, state for update): what a chunk
@@ -119,36 +158,38 @@ class Carry:
         number = known.copy()
         number[new] = self.persons.size + np.arange(int(new.sum()))
         key = slot_key(number[prep.slot_psn], prep.slot_scheme, prep.slot_year, self.n_schemes)
-        at = np.minimum(np.searchsorted(self.keys, key), max(len(self.keys) - 1, 0))
-        found = (at < len(self.keys)) & (self.keys[at] == key) if len(self.keys) else np.zeros(len(key), bool)
+        run, at = self.slots.find(key)
         acc = np.zeros((len(key), len(ACC_COLS)), np.int64)
-        acc[found] = self.acc[at[found]]
-        return acc, balance, (prep.psn_names, new, number, setl[last], key, at, found)
+        for r, (_, carried_acc) in enumerate(self.slots.runs):
+            rows = np.flatnonzero(run == r)
+            acc[rows] = carried_acc[at[rows]]
+        return acc, balance, (prep.psn_names, new, number, setl[last], key, run, at)
 
     def update(self, state, acc, balance) -> None:
         """Take in a settled chunk's accumulators and balances (after the kernel)."""
-        names, new, number, latest, key, at, found = state
+        names, new, number, latest, key, run, at = state
         self.persons.add(names.filter(pa.array(new)))
         grow = int(new.sum())
         self.balance = np.concatenate([self.balance, np.zeros(grow, np.int64)])
         self.last_setl = np.concatenate([self.last_setl, np.zeros(grow, np.int64)])
         self.balance[number] = balance
         self.last_setl[number] = latest
-        self.acc[at[found]] = acc[found]
-        added = np.flatnonzero(~found)
-        order = added[np.argsort(key[added], kind="stable")]
-        where = np.searchsorted(self.keys, key[order])
-        self.keys = np.insert(self.keys, where, key[order])
-        self.acc = np.insert(self.acc, where, acc[order], axis=0)
+        for r, (_, carried_acc) in enumerate(self.slots.runs):
+            rows = np.flatnonzero(run == r)
+            carried_acc[at[rows]] = acc[rows]
+        added = run < 0
+        self.slots.add(key[added], acc[added])
 
     def accumulators(self, scheme_codes) -> pa.Table:
         """The accumulators after the file, as settle_table's BatchResult.accumulators."""
-        person, scheme, year = slot_parts(self.keys, self.n_schemes)
+        keys, acc = self.slots.merged()
+        acc = acc.reshape(len(keys), len(ACC_COLS))
+        person, scheme, year = slot_parts(keys, self.n_schemes)
         cols = {"psn_no": self.persons.take(person),
                 "insutype": pa.array(scheme_codes, pa.string()).take(pa.array(scheme)),
                 "year": pa.array(year, pa.int32())}
         for k, name in enumerate(ACC_COLS):
-            cols[name] = pa.array(self.acc[:, k])
+            cols[name] = pa.array(acc[:, k])
         return pa.table(cols)
 
     def balances(self) -> pa.Table:

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
@@ -139,3 +140,26 @@ def test_string_index_tells_strings_with_the_same_hash_apart(monkeypatch):
     index.add(pa.array(["d"]))
     assert index.lookup(pa.array(["c", "x", "a", "d", "b"])).tolist() == [2, -1, 0, 3, 1]
     assert index.take([3, 0]).to_pylist() == ["d", "a"]
+
+
+@pytest.mark.parametrize("weak_hash", [False, True])
+def test_string_index_over_many_chunks_answers_as_a_dict(monkeypatch, weak_hash):
+    """Strings added over 300 chunks (some empty) are numbered as a dict numbers them, whether their
+    hashes differ or collide in fours across runs; the index keeps few sorted runs, not one per chunk."""
+    import kernel.resettle
+    if weak_hash:
+        monkeypatch.setattr(kernel.resettle, "hash_strings",
+                            lambda arr: (np.asarray(pc.utf8_length(arr)) % 4).astype(np.uint64))
+    rng = np.random.default_rng(5)
+    index, numbers, next_new = chunks.StringIndex(), {}, 0
+    for _ in range(300):
+        new = [f"S{next_new + k}" * int(rng.integers(1, 4)) for k in range(int(rng.integers(0, 40)))]
+        next_new += len(new)
+        probe = new + list(rng.choice(list(numbers), size=min(len(numbers), 20), replace=False)) + ["absent"]
+        assert index.lookup(pa.array(probe, pa.string())).tolist() == [numbers.get(s, -1) for s in probe]
+        index.add(pa.array(new, pa.string()))
+        numbers.update((s, len(numbers)) for s in new)
+    probe = list(numbers)
+    assert index.lookup(pa.array(probe, pa.string())).tolist() == list(range(len(numbers)))
+    assert index.take([len(numbers) - 1, 0]).to_pylist() == [probe[-1], probe[0]]
+    assert len(index.hashes.runs) <= np.log2(len(numbers)) + 1
