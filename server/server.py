@@ -103,6 +103,54 @@ class _PersonLocks:
             del self._locks[psn_no]
 
 
+class _PersonHold:
+    """`async with _PersonHold(locks, psn_no, deadline) as hold:` holds the person's lock from
+    reading their totals to the durable commit. Waiting for the person's earlier calls ends at the
+    deadline (DEADLINE_EXCEEDED). A commit queued inside is put in hold.commit; on leaving, the lock
+    is released only once that commit has landed, so a call cancelled while its commit waits for the
+    writer (deadline, client gone) still commits, and the person's next call reads the totals it
+    writes."""
+
+    __slots__ = ("locks", "psn_no", "deadline", "lock", "commit")
+
+    def __init__(self, locks: _PersonLocks, psn_no: str, deadline: float | None):
+        self.locks, self.psn_no, self.deadline = locks, psn_no, deadline
+        self.lock = self.commit = None
+
+    async def __aenter__(self) -> _PersonHold:
+        lock = self.locks.get(self.psn_no)
+        try:
+            if not lock.locked():
+                await lock.acquire()               # free: acquired without yielding
+            elif self.deadline is None:
+                await lock.acquire()
+            else:                                  # wait for the person's earlier calls
+                try:
+                    async with asyncio.timeout(self.deadline - asyncio.get_running_loop().time()):
+                        await lock.acquire()
+                except TimeoutError:
+                    raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                    "deadline passed while waiting for the person's earlier settlements")
+        except BaseException:
+            self.locks.put(self.psn_no)
+            raise
+        self.lock = lock
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        commit = self.commit
+        if commit is None or commit.done():
+            self._release()
+        else:
+            commit.add_done_callback(self._release)
+
+    def _release(self, done=None) -> None:
+        if done is not None and not done.cancelled():
+            done.exception()                       # retrieved: the caller may be gone
+        self.lock.release()
+        self.locks.put(self.psn_no)
+
+
 def _request_hash(req: pb.SettleRequest) -> bytes:
     return hashlib.blake2b(req.SerializeToString(deterministic=True), digest_size=16).digest()
 
@@ -187,45 +235,12 @@ class SettlementService(pb_grpc.SettlementServicer):
             psn_no, insutype, year = self.settler.acc_key(visit)
         except InputError as err:
             raise CallError.from_input(err, visit["mdtrt_id"])
-        loop = asyncio.get_running_loop()
-        lock = self._locks.get(psn_no)
-        commit: list[asyncio.Future] = []          # the queued commit, once there is one
-        try:
-            if lock.locked():                      # wait for the person's earlier settlements
-                remaining = None if deadline is None else deadline - loop.time()
-                try:
-                    async with asyncio.timeout(remaining):
-                        await lock.acquire()
-                except TimeoutError:
-                    raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                    "deadline passed while waiting for the person's earlier settlements")
-            else:
-                await lock.acquire()               # free: acquired without yielding
-        except BaseException:
-            self._locks.put(psn_no)
-            raise
-        try:
+        async with _PersonHold(self._locks, psn_no, deadline) as hold:
             return await self._settle_locked(req, visit, lines, institution, mode, deadline,
-                                             digest, (psn_no, insutype, year), loop, commit)
-        finally:
-            self._unlock(psn_no, lock, commit[0] if commit else None)
+                                             digest, (psn_no, insutype, year), hold)
 
-    def _unlock(self, psn_no: str, lock: asyncio.Lock, commit: asyncio.Future | None):
-        """Release the person's lock, but never before their queued commit has landed: a call
-        cancelled while its commit waits for the writer (deadline, client gone) still commits, and
-        the person's next settlement must read the totals it writes."""
-        def release(done=None):
-            if done is not None and not done.cancelled():
-                done.exception()                   # retrieved: the caller may be gone
-            lock.release()
-            self._locks.put(psn_no)
-        if commit is None or commit.done():
-            release()
-        else:
-            commit.add_done_callback(release)
-
-    async def _settle_locked(self, req, visit, lines, institution, mode, deadline, digest, key, loop,
-                             commit):
+    async def _settle_locked(self, req, visit, lines, institution, mode, deadline, digest, key,
+                             hold: _PersonHold):
         state = self.ledger.read_state(*key)
         opening = None
         if state.balance is not None:
@@ -247,7 +262,7 @@ class SettlementService(pb_grpc.SettlementServicer):
                             f"settled (value: {visit.get('inj_cause')!r}); PreSettle marks it provisional",
                             "inj_cause", reason="pending injury cause", value=visit.get("inj_cause"),
                             mdtrt_id=one.mdtrt_id)
-        if deadline is not None and loop.time() >= deadline:
+        if deadline is not None and asyncio.get_running_loop().time() >= deadline:
             raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the commit")
         before = state.acc
         delta = [int(one.acc_after.get(name, 0)) - int(before.get(name, 0)) for name in ACC_COLS]
@@ -259,8 +274,8 @@ class SettlementService(pb_grpc.SettlementServicer):
             result=convert.encode_stored(result), acc_delta=delta,
             balance_delta=int(one.balance_after) - int(balance), opening_balance=opening)
         try:
-            commit.append(self.ledger.commit_settlement(record))
-            setl_id = await asyncio.shield(commit[0])
+            hold.commit = self.ledger.commit_settlement(record)
+            setl_id = await asyncio.shield(hold.commit)
         except LedgerConflict as err:
             first = self.ledger.find_request(institution, req.request_id)
             if err.reason == "duplicate_request" and first is not None:
@@ -332,31 +347,26 @@ class SettlementService(pb_grpc.SettlementServicer):
                 raise CallError(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"settlement {record.setl_id} is already reversed", "setl_id",
                                 reason="already reversed", value=record.setl_id)
-            lock = self._locks.get(record.psn_no)
-            try:
-                await lock.acquire()
-            except BaseException:
-                self._locks.put(record.psn_no)
-                raise
-            commit = None
-            try:
-                commit = self.ledger.commit_reversal(record.setl_id, institution)
-                reversal_id = await asyncio.shield(commit)
-            except LedgerConflict as err:
-                code = {"already_reversed": grpc.StatusCode.FAILED_PRECONDITION,
-                        "other_institution": grpc.StatusCode.PERMISSION_DENIED,
-                        "not_found": grpc.StatusCode.NOT_FOUND}.get(
-                            err.reason, grpc.StatusCode.FAILED_PRECONDITION)
-                raise CallError(code, str(err), "setl_id", reason=err.reason,
-                                value=record.setl_id)
-            except Exception as err:           # as Settle: the ledger could not commit
-                log.exception("ledger commit of a reversal failed")
-                raise CallError(grpc.StatusCode.UNAVAILABLE, f"ledger commit failed: {err}")
-            finally:
-                self._unlock(record.psn_no, lock, commit)
+            async with _PersonHold(self._locks, record.psn_no, self._deadline(context)) as hold:
+                reversal_id = await self._reverse_locked(record, institution, hold)
             record.reversed_by = reversal_id
             return pb.ReverseReply(settlement=self._stored_pb(record), reversal_id=str(reversal_id))
         return await self._unary(context, body)
+
+    async def _reverse_locked(self, record: SettlementRecord, institution: str, hold: _PersonHold) -> int:
+        try:
+            hold.commit = self.ledger.commit_reversal(record.setl_id, institution)
+            return await asyncio.shield(hold.commit)
+        except LedgerConflict as err:
+            code = {"already_reversed": grpc.StatusCode.FAILED_PRECONDITION,
+                    "other_institution": grpc.StatusCode.PERMISSION_DENIED,
+                    "not_found": grpc.StatusCode.NOT_FOUND}.get(
+                        err.reason, grpc.StatusCode.FAILED_PRECONDITION)
+            raise CallError(code, str(err), "setl_id", reason=err.reason,
+                            value=record.setl_id)
+        except Exception as err:           # as Settle: the ledger could not commit
+            log.exception("ledger commit of a reversal failed")
+            raise CallError(grpc.StatusCode.UNAVAILABLE, f"ledger commit failed: {err}")
 
     async def GetSettlement(self, request, context):
         async def body(institution):

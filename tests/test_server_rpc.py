@@ -291,10 +291,10 @@ def test_health_and_reflection(srv):
     ch.close()
 
 
-def test_expired_deadline_writes_nothing(srv, h1):
-    # An earlier settlement of P1 holds the person's lock (as one in flight would), so this call
-    # must wait past its deadline: deterministic, unlike a deadline too short to reach the server
-    # (gRPC keeps deadlines in milliseconds; a fast machine can settle inside one).
+def _past_deadline_while_p1_is_held(srv, call):
+    """call() while P1's lock is held, as by a settlement in flight: it must wait past its deadline
+    (deterministic, unlike a deadline too short to reach the server: gRPC keeps deadlines in
+    milliseconds and a fast machine can settle inside one). Returns once the server gave up too."""
     service = srv.running.service
 
     async def hold():
@@ -313,7 +313,7 @@ def test_expired_deadline_writes_nothing(srv, h1):
     lock = srv._run(hold())
     try:
         with pytest.raises(MedsettleError) as e:
-            h1.settle(visit_a(), request_id="late", timeout=0.3)
+            call()
         assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
         # the server counts the deadline from the request's arrival, a little after the client:
         # wait until it has given up too (only our hold is left)
@@ -323,11 +323,22 @@ def test_expired_deadline_writes_nothing(srv, h1):
             time.sleep(0.01)
     finally:
         srv._run(release(lock))
+
+
+def test_expired_deadline_writes_nothing(srv, h1):
+    _past_deadline_while_p1_is_held(srv, lambda: h1.settle(visit_a(), request_id="late", timeout=0.3))
     # the late call wrote nothing: its retry settles afresh, once
     first = h1.settle(visit_a(), request_id="late")
     assert not first["replayed"]
     assert h1.get_accumulators("P1")["rows"][0]["hifp_inp"] == first["settlement"]["hifp_pay"]
     assert journal_rows(srv) == 1
+    # a reversal waits for the person's earlier calls no longer than its deadline either
+    setl_id = first["settlement"]["setl_id"]
+    _past_deadline_while_p1_is_held(srv, lambda: h1.reverse(setl_id, timeout=0.3))
+    assert not h1.get_settlement(setl_id)["settlement"]["reversed"]
+    assert h1.get_accumulators("P1")["rows"][0]["hifp_inp"] == first["settlement"]["hifp_pay"]
+    assert h1.reverse(setl_id)["settlement"]["reversed"]
+    assert h1.get_accumulators("P1")["rows"][0]["hifp_inp"] == 0
 
 
 class GatedLedger(SqliteLedger):
