@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import _pool
 from .adapter import first_index, slot_key, slot_parts
 from .errors import InputError
 from .layout import ACC_COLS
@@ -30,6 +31,15 @@ _LINE = "_line"              # a line's 1-based number in the lines file, throug
 
 class OutOfOrder(Exception):
     """A person's visit in this chunk is earlier than one of theirs settled in an earlier chunk."""
+
+
+def _positions(sorted_keys: np.ndarray, keys: np.ndarray, by: np.ndarray) -> np.ndarray:
+    """np.searchsorted(sorted_keys, keys) with the keys taken in ascending order (by: their
+    argsort). numpy starts each search where the last ended, so half a million keys in a run of
+    millions cost 0.04 s instead of 0.5 s of cache misses."""
+    lo = np.empty(len(keys), np.int64)
+    lo[by] = np.searchsorted(sorted_keys, keys[by])
+    return lo
 
 
 class SortedRuns:
@@ -44,20 +54,28 @@ class SortedRuns:
     def add(self, keys: np.ndarray, payload: np.ndarray) -> None:
         if len(keys) == 0:
             return
-        order = np.argsort(keys, kind="stable")
-        self.runs.append((keys[order], payload[order]))
-        while len(self.runs) > 1 and len(self.runs[-2][0]) <= len(self.runs[-1][0]):
-            (k1, p1), (k2, p2) = self.runs[-2:]
-            keys = np.concatenate([k1, k2])
-            order = np.argsort(keys, kind="stable")      # two sorted runs: a linear merge
-            self.runs[-2:] = [(keys[order], np.concatenate([p1, p2])[order])]
+        # numpy's own allocator: these arrays outlive the batch, and grow
+        with _pool.bypassed():
+            order = np.argsort(keys, kind="stable")
+            self.runs.append((keys[order], payload[order]))
+            # the trailing runs a binary counter would merge one pair at a time, merged at once
+            merged, size = 1, len(keys)
+            while merged < len(self.runs) and len(self.runs[-merged - 1][0]) <= size:
+                merged += 1
+                size += len(self.runs[-merged][0])
+            if merged > 1:
+                tail = self.runs[-merged:]
+                keys = np.concatenate([k for k, _ in tail])
+                order = np.argsort(keys, kind="stable")      # sorted runs: a merge
+                self.runs[-merged:] = [(keys[order], np.concatenate([p for _, p in tail])[order])]
 
     def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(run, position) of each key's first entry; run -1 for a key not present."""
         run = np.full(len(keys), -1, np.int64)
         at = np.zeros(len(keys), np.int64)
+        by = np.argsort(keys) if self.runs else None
         for r, (k, _) in enumerate(self.runs):
-            lo = np.searchsorted(k, keys)
+            lo = _positions(k, keys, by)
             hit = np.flatnonzero((run < 0) & (lo < len(k)))
             hit = hit[k[lo[hit]] == keys[hit]]
             run[hit], at[hit] = r, lo[hit]
@@ -89,8 +107,9 @@ class StringIndex:
         number = np.full(len(strings), -1, np.int64)
         if self.size == 0 or len(strings) == 0:
             return number
+        by = np.argsort(h)
         for hashes, numbers in self.hashes.runs:        # each string is in one run at most
-            lo = np.searchsorted(hashes, h, side="left")
+            lo = _positions(hashes, h, by)
             hit = np.flatnonzero((number < 0) & (lo < len(hashes)))
             hit = hit[hashes[lo[hit]] == h[hit]]
             if not hit.size:
@@ -136,7 +155,7 @@ class Carry:
     def __init__(self, n_schemes: int):
         self.n_schemes = n_schemes
         self.persons = StringIndex()
-        self.balance = np.zeros(0, np.int64)
+        self.balance = np.zeros(0, np.int64)     # per person number (room for more at the end)
         self.last_setl = np.zeros(0, np.int64)
         self.slots = SortedRuns()                # slot key -> its accumulators (a row of ACC_COLS)
 
@@ -169,9 +188,8 @@ class Carry:
         """Take in a settled chunk's accumulators and balances (after the kernel)."""
         names, new, number, latest, key, run, at = state
         self.persons.add(names.filter(pa.array(new)))
-        grow = int(new.sum())
-        self.balance = np.concatenate([self.balance, np.zeros(grow, np.int64)])
-        self.last_setl = np.concatenate([self.last_setl, np.zeros(grow, np.int64)])
+        self.balance = _room(self.balance, self.persons.size)
+        self.last_setl = _room(self.last_setl, self.persons.size)
         self.balance[number] = balance
         self.last_setl[number] = latest
         for r, (_, carried_acc) in enumerate(self.slots.runs):
@@ -193,7 +211,17 @@ class Carry:
         return pa.table(cols)
 
     def balances(self) -> pa.Table:
-        return pa.table({"psn_no": self.persons.all(), "balc": pa.array(self.balance)})
+        return pa.table({"psn_no": self.persons.all(), "balc": pa.array(self.balance[:self.persons.size])})
+
+
+def _room(a: np.ndarray, n: int) -> np.ndarray:
+    """a, or a copy with room for at least n values (doubling: amortised O(1) per person added)."""
+    if len(a) >= n:
+        return a
+    with _pool.bypassed():
+        grown = np.zeros(max(n, 2 * len(a)), a.dtype)
+    grown[:len(a)] = a
+    return grown
 
 
 # --- reading ---------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ keeps its handler in a contextvar: arrays made there return their block here whe
 and wherever that happens.
 """
 from cpython.pycapsule cimport PyCapsule_New
+from cpython.ref cimport PyObject
 from libc.stdint cimport uint8_t
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memset, strncpy
@@ -52,6 +53,7 @@ cdef extern from "numpy/ndarraytypes.h":
 cdef extern from "numpy/arrayobject.h":
     object PyDataMem_SetHandler(object handler)
     object PyDataMem_GetHandler()
+    PyObject* PyDataMem_DefaultHandler      # numpy's own allocator
 
 
 # setup.py names this module kernel._pool, so Cython does not pair it with pool.pxd: cimport the types.
@@ -270,6 +272,21 @@ class installed:
 
     def __enter__(self):
         self._previous = PyDataMem_SetHandler(_capsule)
+        return self
+
+    def __exit__(self, *exc):
+        PyDataMem_SetHandler(self._previous)
+        return False
+
+
+class bypassed:
+    """Context manager: numpy arrays made inside come from numpy's own allocator, even within
+    installed(). For arrays that live across batches and grow (the index a chunked settle carries
+    from chunk to chunk): the pool would keep each of their ever larger blocks when freed, for no
+    batch to reuse."""
+
+    def __enter__(self):
+        self._previous = PyDataMem_SetHandler(<object>PyDataMem_DefaultHandler)
         return self
 
     def __exit__(self, *exc):

@@ -80,6 +80,24 @@ def test_pool_blocks_are_correct_and_kept():
     assert _pool.kept() == (0, 0)
 
 
+def test_bypassed_arrays_come_from_numpy_even_inside_the_pool():
+    _pool.release()
+    with _pool.installed():
+        with _pool.bypassed():
+            assert not _pool.active()
+            fresh = _pool.mapped()
+            grown = np.ones(2_000_000, np.int64)            # 16 MB from numpy's allocator
+            assert _pool.mapped() == fresh
+        assert _pool.active()                               # the pool again after the block
+        pooled = np.ones(2_000_000, np.int64)
+        assert _pool.mapped() > fresh
+    del grown
+    assert _pool.kept() == (0, 0)                           # freeing numpy's array keeps nothing
+    del pooled
+    assert _pool.kept()[1] >= 16_000_000
+    _pool.release()
+
+
 def test_forked_child_starts_with_no_kept_blocks():
     import os
     before = _pool.limit()
