@@ -45,9 +45,11 @@ __all__ = ["Settler", "OneResult", "SetlDetail", "BatchResult", "FileResult", "A
 
 # --- implementation ------------------------------------------------------------------------------
 
+import contextlib
 import functools
 import os
 import tempfile
+import threading
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -85,20 +87,42 @@ if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ and "jemalloc" in pa.supported_
     _ARROW_POOL = pa.jemalloc_memory_pool()
 
 
+class _ArrowPoolInUse:
+    """Context manager: Arrow's default memory pool is _ARROW_POOL while at least one batch call,
+    on any thread, is inside; the pool the process had before is restored when the last one leaves
+    (a batch call ending while another runs restores nothing, so no thread ends up setting the
+    process's default for good)."""
+
+    _lock = threading.Lock()
+    _users = 0
+    _previous = None
+
+    def __enter__(self):
+        cls = type(self)
+        with cls._lock:
+            if cls._users == 0:
+                cls._previous = pa.default_memory_pool()
+                pa.set_memory_pool(_ARROW_POOL)
+            cls._users += 1
+        return self
+
+    def __exit__(self, *exc):
+        cls = type(self)
+        with cls._lock:
+            cls._users -= 1
+            if cls._users == 0:
+                pa.set_memory_pool(cls._previous)
+                cls._previous = None
+        return False
+
+
 def _pooled(method):
     """The method with numpy's allocations served by kernel._pool and Arrow's by its jemalloc pool
     (batch path only)."""
     @functools.wraps(method)
     def pooled(*args, **kwargs):
-        previous = pa.default_memory_pool()
-        if _ARROW_POOL is not None:
-            pa.set_memory_pool(_ARROW_POOL)
-        try:
-            with _pool.installed():
-                return method(*args, **kwargs)
-        finally:
-            if _ARROW_POOL is not None:
-                pa.set_memory_pool(previous)
+        with _pool.installed(), (_ArrowPoolInUse() if _ARROW_POOL is not None else contextlib.nullcontext()):
+            return method(*args, **kwargs)
     return pooled
 
 

@@ -1,11 +1,15 @@
 """The batch path's helpers: string numbering (kernel.adapter.string_codes) gives each row its code
-and each code its first row, and the numpy allocator pool (kernel._pool) hands out correct, zeroed
-and resizable blocks."""
+and each code its first row, the numpy allocator pool (kernel._pool) hands out correct, zeroed
+and resizable blocks, and Arrow's pool switch survives batch calls that overlap on threads."""
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from kernel import _pool
+from kernel import _pool, api
+from kernel.synth import synth_precomputed
 from kernel.adapter import _all_distinct, string_codes
 
 
@@ -116,3 +120,24 @@ def test_forked_child_starts_with_no_kept_blocks():
     assert _pool.kept()[0] >= 1                            # the parent keeps its own
     _pool.set_limit(before)
     _pool.release()
+
+
+@pytest.mark.skipif(api._ARROW_POOL is None, reason="this pyarrow has no jemalloc pool to switch to")
+def test_arrow_pool_is_restored_when_the_last_overlapping_batch_call_ends():
+    before = pa.default_memory_pool().backend_name
+    assert before != "jemalloc" or "ARROW_DEFAULT_MEMORY_POOL" in os.environ
+    first, second = api._ArrowPoolInUse(), api._ArrowPoolInUse()
+    first.__enter__()
+    second.__enter__()                          # a batch call on another thread starts meanwhile
+    first.__exit__(None, None, None)            # the first ends: the second still has jemalloc
+    assert pa.default_memory_pool().backend_name == "jemalloc"
+    second.__exit__(None, None, None)
+    assert pa.default_memory_pool().backend_name == before
+    # and with real threads, each settling batches of its own: the same results, the pool restored
+    settler = api.Settler.from_files()
+    visits = synth_precomputed(settler.pack, 3_000, seed=3)
+    expected = settler.settle_table(visits).table
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: settler.settle_table(visits).table, range(16)))
+    assert all(r.equals(expected) for r in results)
+    assert pa.default_memory_pool().backend_name == before
