@@ -92,21 +92,46 @@ class SortedRuns:
 
 class StringIndex:
     """Strings numbered 0, 1, ... in the order added, found again by a 64-bit hash of their bytes
-    (kernel.resettle.hash_strings), the string itself compared to rule out a collision."""
+    (kernel.resettle.hash_strings), the string itself compared to rule out a collision. Strings are
+    hashed into the index at the first lookup after they were added, so a file whose visit ids
+    ascend is checked for repeats across chunks (follows) without hashing any."""
 
     def __init__(self):
         self.hashes = SortedRuns()               # hash -> the string's number
         self.strings: list[pa.Array] = []       # in the order added
         self.size = 0
+        self.ascending = True                    # every string added is greater than the one before
+        self._indexed = 0                        # strings[:_indexed] are in hashes
+        self._indexed_rows = 0
+
+    def follows(self, strings) -> bool:
+        """Whether the strings ascend and the first is greater than every string added so far:
+        then none of them was added (one Arrow comparison per string, no hashing)."""
+        strings = _array(strings)
+        n = len(strings)
+        if not self.ascending or n == 0:
+            return self.ascending
+        if self.size and not strings[0].as_py() > self.strings[-1][-1].as_py():
+            return False
+        return n < 2 or pc.all(pc.greater(strings.slice(1), strings.slice(0, n - 1))).as_py()
+
+    def _index_added(self) -> None:
+        from .resettle import hash_strings
+        for strings in self.strings[self._indexed:]:
+            self.hashes.add(hash_strings(strings),
+                            self._indexed_rows + np.arange(len(strings), dtype=np.int64))
+            self._indexed_rows += len(strings)
+        self._indexed = len(self.strings)
 
     def lookup(self, strings) -> np.ndarray:
         """int64 number of each string, -1 for one never added."""
         from .resettle import hash_strings
         strings = _array(strings)
-        h = hash_strings(strings)
         number = np.full(len(strings), -1, np.int64)
         if self.size == 0 or len(strings) == 0:
             return number
+        self._index_added()
+        h = hash_strings(strings)
         by = np.argsort(h)
         for hashes, numbers in self.hashes.runs:        # each string is in one run at most
             lo = _positions(hashes, h, by)
@@ -127,9 +152,10 @@ class StringIndex:
 
     def add(self, strings) -> None:
         """Number the strings (none of them added before) self.size, self.size + 1, ..."""
-        from .resettle import hash_strings
         strings = _array(strings)
-        self.hashes.add(hash_strings(strings), self.size + np.arange(len(strings), dtype=np.int64))
+        if len(strings) == 0:
+            return
+        self.ascending = self.follows(strings)
         self.strings.append(strings)
         self.size += len(strings)
 
@@ -262,7 +288,7 @@ def visit_chunks(source, chunk_rows: int):
 
 def check_new_ids(index: StringIndex, ids, first_row: int, source) -> None:
     """No visit id of this chunk was in an earlier one (SETTLEMENT.md section 9); then add them."""
-    seen = np.flatnonzero(index.lookup(ids) >= 0)
+    seen = np.zeros(0, np.int64) if index.follows(ids) else np.flatnonzero(index.lookup(ids) >= 0)
     if seen.size:
         i = int(seen[0])
         raise InputError("mdtrt_id", "duplicate visit id", _array(ids)[i].as_py(), row=first_row + i + 1,

@@ -163,3 +163,24 @@ def test_string_index_over_many_chunks_answers_as_a_dict(monkeypatch, weak_hash)
     assert index.lookup(pa.array(probe, pa.string())).tolist() == list(range(len(numbers)))
     assert index.take([len(numbers) - 1, 0]).to_pylist() == [probe[-1], probe[0]]
     assert len(index.hashes.runs) <= np.log2(len(numbers)) + 1
+
+
+def test_ascending_visit_ids_are_checked_across_chunks_without_hashing(monkeypatch):
+    """A file whose ids ascend is checked chunk after chunk by comparing neighbours; the first chunk
+    that does not follow on hashes every earlier id then, and a repeat is still found."""
+    import kernel.resettle
+    hashed = []
+    real = kernel.resettle.hash_strings
+    monkeypatch.setattr(kernel.resettle, "hash_strings", lambda arr: hashed.append(len(arr)) or real(arr))
+    index = chunks.StringIndex()
+    for start in range(0, 5_000, 1_000):
+        chunks.check_new_ids(index, pa.array([f"MD{i:08d}" for i in range(start, start + 1_000)]), start, "v")
+    assert hashed == [] and index.ascending and index.size == 5_000
+    # ids that go back, none seen before: checked by hash, every earlier id hashed once
+    chunks.check_new_ids(index, pa.array(["MD00000000x", "MD00000000a"]), 5_000, "v")
+    assert sum(hashed) == 5_000 + 2 and not index.ascending
+    # from then on each chunk is looked up: a repeat of the first chunk's id is refused
+    with pytest.raises(InputError) as e:
+        chunks.check_new_ids(index, pa.array(["MD99999999", "MD00000007"]), 5_002, "v")
+    assert (e.value.row, e.value.value) == (5_004, "MD00000007")
+    assert index.lookup(pa.array(["MD00004999", "MD00000000a", "nope"])).tolist() == [4_999, 5_001, -1]
