@@ -187,12 +187,12 @@ def bench_size(pack, kernel: Kernel, n: int, repeat: int, seed: int) -> dict:
         first[peer.NAME] = t
         del got
         say(f"[{tag}] {peer.NAME} equal to the fen ({t:.2f} s)")
-    # one implementation's working memory at a time: a 10M run must fit beside the visits
     # the same visits with their ids in descending order: the duplicate-id check cannot take the
     # ascending ids' one-comparison path and builds a hash table of every id
     at = visits.schema.get_field_index("mdtrt_id")
     unordered = visits.set_column(at, "mdtrt_id", visits.column(at).take(np.arange(n - 1, -1, -1)))
 
+    # one implementation's working memory at a time: a 10M run must fit beside the visits
     def core(touched):
         run, reset, nbytes = kernel.core_setup(visits, touched)
         reset()
