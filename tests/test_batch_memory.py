@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 
 from kernel import _pool, api
-from kernel.synth import synth_precomputed
 from kernel.adapter import _all_distinct, string_codes
+from kernel.synth import synth_precomputed
 
 
 def numbered_by_hand(values):
