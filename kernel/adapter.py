@@ -266,7 +266,7 @@ def _all_distinct(arr) -> bool:
     file whose visit ids ascend (ids given out in sequence, an extract sorted by id) is checked with
     one comparison per row instead of a hash table of every id (25 ms against 1.2 s at 10M)."""
     n = len(arr)
-    if n < 2 or pc.all(pc.greater(arr.slice(1), arr.slice(0, n - 1))).as_py():
+    if arr.null_count == 0 and (n < 2 or pc.all(pc.greater(arr.slice(1), arr.slice(0, n - 1))).as_py()):
         return True
     return len(pc.unique(arr)) == n
 

@@ -82,7 +82,7 @@ class SortedRuns:
         return run, at
 
     def merged(self) -> tuple[np.ndarray, np.ndarray]:
-        """(keys, payload) of every run, in key order."""
+        """(keys, payload) of every run, in key order (an empty index: two empty 1-D arrays)."""
         if not self.runs:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         keys = np.concatenate([k for k, _ in self.runs])
@@ -150,12 +150,13 @@ class StringIndex:
                     number[i] = candidates[match[0]]
         return number
 
-    def add(self, strings) -> None:
-        """Number the strings (none of them added before) self.size, self.size + 1, ..."""
+    def add(self, strings, follows: bool | None = None) -> None:
+        """Number the strings (none of them added before) self.size, self.size + 1, ...
+        follows: self.follows(strings), when the caller has it already."""
         strings = _array(strings)
         if len(strings) == 0:
             return
-        self.ascending = self.follows(strings)
+        self.ascending = self.follows(strings) if follows is None else follows
         self.strings.append(strings)
         self.size += len(strings)
 
@@ -288,12 +289,14 @@ def visit_chunks(source, chunk_rows: int):
 
 def check_new_ids(index: StringIndex, ids, first_row: int, source) -> None:
     """No visit id of this chunk was in an earlier one (SETTLEMENT.md section 9); then add them."""
-    seen = np.zeros(0, np.int64) if index.follows(ids) else np.flatnonzero(index.lookup(ids) >= 0)
+    ids = _array(ids)
+    follows = index.follows(ids)
+    seen = np.zeros(0, np.int64) if follows else np.flatnonzero(index.lookup(ids) >= 0)
     if seen.size:
         i = int(seen[0])
-        raise InputError("mdtrt_id", "duplicate visit id", _array(ids)[i].as_py(), row=first_row + i + 1,
+        raise InputError("mdtrt_id", "duplicate visit id", ids[i].as_py(), row=first_row + i + 1,
                          source=str(source))
-    index.add(ids)
+    index.add(ids, follows)
 
 
 def visit_ids(source, chunk_rows: int, label) -> StringIndex:

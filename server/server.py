@@ -120,11 +120,11 @@ class _PersonHold:
     async def __aenter__(self) -> _PersonHold:
         lock = self.locks.get(self.psn_no)
         try:
-            if not lock.locked():
-                await lock.acquire()               # free: acquired without yielding
-            elif self.deadline is None:
+            if self.deadline is None:
                 await lock.acquire()
-            else:                                  # wait for the person's earlier calls
+            else:
+                # always under the deadline: a lock that reads as free can still make a newcomer
+                # wait, behind an earlier call that was woken and has not run yet
                 try:
                     async with asyncio.timeout(self.deadline - asyncio.get_running_loop().time()):
                         await lock.acquire()
@@ -354,6 +354,8 @@ class SettlementService(pb_grpc.SettlementServicer):
         return await self._unary(context, body)
 
     async def _reverse_locked(self, record: SettlementRecord, institution: str, hold: _PersonHold) -> int:
+        if hold.deadline is not None and asyncio.get_running_loop().time() >= hold.deadline:
+            raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the commit")
         try:
             hold.commit = self.ledger.commit_reversal(record.setl_id, institution)
             return await asyncio.shield(hold.commit)

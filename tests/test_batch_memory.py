@@ -45,6 +45,9 @@ def check(values):
     [None, "a", None, "b", "a"],
     [f"c{k % 9}" for k in range(40)],
     ["z", "y", "x", "y", "z", "w"],
+    ["MD01", "MD02", "MD10", "MD11"],                               # ascending: distinct without hashing
+    ["MD01", "MD02", "MD02", "MD03"],                               # a repeat stops the ascent
+    ["MD01", "MD02", "MD03", "MD01"],
 ])
 def test_string_codes_small(values):
     check(values)

@@ -341,6 +341,39 @@ def test_expired_deadline_writes_nothing(srv, h1):
     assert h1.get_accumulators("P1")["rows"][0]["hifp_inp"] == 0
 
 
+def test_person_hold_ends_at_the_deadline_behind_a_woken_waiter():
+    """A releases the person's lock while B waits for it; C arrives before B has run. The lock reads
+    as free, yet C queues behind B: C must still give up at its own deadline, not when B is done."""
+    from server.server import CallError, _PersonHold, _PersonLocks
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        locks = _PersonLocks()
+        a = _PersonHold(locks, "P1", None)
+        await a.__aenter__()
+
+        async def b():
+            async with _PersonHold(locks, "P1", None):
+                await asyncio.sleep(1.0)
+        waiting = asyncio.create_task(b())
+        await asyncio.sleep(0)                      # B waits for the lock
+        await a.__aexit__(None, None, None)         # released: B is woken, has not run yet
+        assert not locks.get("P1").locked()
+        locks.put("P1")
+        started = loop.time()
+        with pytest.raises(CallError) as e:
+            async with _PersonHold(locks, "P1", started + 0.1):
+                pass
+        gave_up = loop.time() - started
+        await waiting
+        return e.value.code, gave_up, locks._locks
+
+    code, gave_up, left = asyncio.run(scenario())
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert gave_up < 0.9                            # at its deadline, not after B's second
+    assert left == {}                               # every hold let go of the person's entry
+
+
 class GatedLedger(SqliteLedger):
     """The real ledger on a disk whose fsync takes as long as the test says: each group commit
     starts only once `gate` is set (`reached` tells the test a commit is waiting)."""
