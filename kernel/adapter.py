@@ -261,14 +261,17 @@ def _indices(idx) -> np.ndarray:
     return np.asarray(idx.fill_null(-1) if idx.null_count else idx).astype(np.int32, copy=False)
 
 
-def _all_distinct(arr) -> bool:
-    """Whether no string of arr (without nulls) repeats. Strictly ascending strings are distinct: a
-    file whose visit ids ascend (ids given out in sequence, an extract sorted by id) is checked with
-    one comparison per row instead of a hash table of every id (25 ms against 1.2 s at 10M)."""
+def ascends(arr) -> bool:
+    """Whether every string of arr (an Array) is greater than the one before, with no null: then no
+    two are equal. One Arrow comparison per row (25 ms at 10M), no hashing."""
     n = len(arr)
-    if arr.null_count == 0 and (n < 2 or pc.all(pc.greater(arr.slice(1), arr.slice(0, n - 1))).as_py()):
-        return True
-    return len(pc.unique(arr)) == n
+    return arr.null_count == 0 and (n < 2 or pc.all(pc.greater(arr.slice(1), arr.slice(0, n - 1))).as_py())
+
+
+def _all_distinct(arr) -> bool:
+    """Whether no string of arr (without nulls) repeats. A file whose visit ids ascend (ids given
+    out in sequence, an extract sorted by id) needs no hash table of every id (1.2 s at 10M)."""
+    return ascends(arr) or len(pc.unique(arr)) == len(arr)
 
 
 def string_codes(arr):

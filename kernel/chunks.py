@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import _pool
-from .adapter import first_index, slot_key, slot_parts
+from .adapter import ascends, first_index, slot_key, slot_parts
 from .errors import InputError
 from .layout import ACC_COLS
 
@@ -81,6 +81,18 @@ class SortedRuns:
             run[hit], at[hit] = r, lo[hit]
         return run, at
 
+    def take(self, run: np.ndarray, at: np.ndarray, out: np.ndarray) -> None:
+        """out[i] = the payload row of key i found by find() (run, at); rows with run -1 untouched."""
+        for r, (_, payload) in enumerate(self.runs):
+            rows = np.flatnonzero(run == r)
+            out[rows] = payload[at[rows]]
+
+    def put(self, run: np.ndarray, at: np.ndarray, values: np.ndarray) -> None:
+        """The payload row of each key found by find() (run, at) becomes values[i]; run -1 ignored."""
+        for r, (_, payload) in enumerate(self.runs):
+            rows = np.flatnonzero(run == r)
+            payload[at[rows]] = values[rows]
+
     def merged(self) -> tuple[np.ndarray, np.ndarray]:
         """(keys, payload) of every run, in key order (an empty index: two empty 1-D arrays)."""
         if not self.runs:
@@ -108,12 +120,11 @@ class StringIndex:
         """Whether the strings ascend and the first is greater than every string added so far:
         then none of them was added (one Arrow comparison per string, no hashing)."""
         strings = _array(strings)
-        n = len(strings)
-        if not self.ascending or n == 0:
+        if not self.ascending or len(strings) == 0:
             return self.ascending
         if self.size and not strings[0].as_py() > self.strings[-1][-1].as_py():
             return False
-        return n < 2 or pc.all(pc.greater(strings.slice(1), strings.slice(0, n - 1))).as_py()
+        return ascends(strings)
 
     def _index_added(self) -> None:
         from .resettle import hash_strings
@@ -206,9 +217,7 @@ class Carry:
         key = slot_key(number[prep.slot_psn], prep.slot_scheme, prep.slot_year, self.n_schemes)
         run, at = self.slots.find(key)
         acc = np.zeros((len(key), len(ACC_COLS)), np.int64)
-        for r, (_, carried_acc) in enumerate(self.slots.runs):
-            rows = np.flatnonzero(run == r)
-            acc[rows] = carried_acc[at[rows]]
+        self.slots.take(run, at, acc)
         return acc, balance, (prep.psn_names, new, number, setl[last], key, run, at)
 
     def update(self, state, acc, balance) -> None:
@@ -219,9 +228,7 @@ class Carry:
         self.last_setl = _room(self.last_setl, self.persons.size)
         self.balance[number] = balance
         self.last_setl[number] = latest
-        for r, (_, carried_acc) in enumerate(self.slots.runs):
-            rows = np.flatnonzero(run == r)
-            carried_acc[at[rows]] = acc[rows]
+        self.slots.put(run, at, acc)
         added = run < 0
         self.slots.add(key[added], acc[added])
 

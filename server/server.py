@@ -137,6 +137,11 @@ class _PersonHold:
         self.lock = lock
         return self
 
+    def check_deadline(self) -> None:
+        """Raise DEADLINE_EXCEEDED when the call's deadline has passed: nothing is committed after it."""
+        if self.deadline is not None and asyncio.get_running_loop().time() >= self.deadline:
+            raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the commit")
+
     async def __aexit__(self, *exc) -> None:
         commit = self.commit
         if commit is None or commit.done():
@@ -236,10 +241,10 @@ class SettlementService(pb_grpc.SettlementServicer):
         except InputError as err:
             raise CallError.from_input(err, visit["mdtrt_id"])
         async with _PersonHold(self._locks, psn_no, deadline) as hold:
-            return await self._settle_locked(req, visit, lines, institution, mode, deadline,
-                                             digest, (psn_no, insutype, year), hold)
+            return await self._settle_locked(req, visit, lines, institution, mode, digest,
+                                             (psn_no, insutype, year), hold)
 
-    async def _settle_locked(self, req, visit, lines, institution, mode, deadline, digest, key,
+    async def _settle_locked(self, req, visit, lines, institution, mode, digest, key,
                              hold: _PersonHold):
         state = self.ledger.read_state(*key)
         opening = None
@@ -262,8 +267,7 @@ class SettlementService(pb_grpc.SettlementServicer):
                             f"settled (value: {visit.get('inj_cause')!r}); PreSettle marks it provisional",
                             "inj_cause", reason="pending injury cause", value=visit.get("inj_cause"),
                             mdtrt_id=one.mdtrt_id)
-        if deadline is not None and asyncio.get_running_loop().time() >= deadline:
-            raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the commit")
+        hold.check_deadline()
         before = state.acc
         delta = [int(one.acc_after.get(name, 0)) - int(before.get(name, 0)) for name in ACC_COLS]
         result = convert.result_to_pb(one, request_id=req.request_id, institution=institution,
@@ -354,8 +358,7 @@ class SettlementService(pb_grpc.SettlementServicer):
         return await self._unary(context, body)
 
     async def _reverse_locked(self, record: SettlementRecord, institution: str, hold: _PersonHold) -> int:
-        if hold.deadline is not None and asyncio.get_running_loop().time() >= hold.deadline:
-            raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the commit")
+        hold.check_deadline()
         try:
             hold.commit = self.ledger.commit_reversal(record.setl_id, institution)
             return await asyncio.shield(hold.commit)
