@@ -11,6 +11,7 @@ import contextvars
 import mmap
 import threading
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -821,6 +822,18 @@ def _scalar_int(name, value, row=1, source="visit", default=None, line=None):
     raise InputError(name, "must be int64", value, **where, source=source)
 
 
+class OneVisit(NamedTuple):
+    """One visit's kernel inputs besides its amounts, as Python ints (the columns of a batch)."""
+    rule: int
+    group: int
+    cats: int
+    cause: int
+    out_area: int
+    referral: int
+    bed_days: int
+    acct_used: int
+
+
 class OneVisitAdapter:
     """Kernel inputs for a single visit given as a dict (the gRPC path)."""
 
@@ -876,7 +889,7 @@ class OneVisitAdapter:
         return mapping[value]
 
     def prepare(self, visit: dict, lines, balance: int, source="visit", line_source="lines"):
-        """-> (columns: dict of one-element arrays for the kernel, item (N_ITEM, 1), version, year)."""
+        """-> (OneVisit: the kernel's inputs, item: N_ITEM ints (layout.ITEM_COLS), version, year)."""
         import datetime as dt
         cp, pack = self.cp, self.cp.pack
         # field presence and types, in schema order (as prepare() checks columns)
@@ -943,21 +956,17 @@ class OneVisitAdapter:
         declared = _scalar_int("medfee_sumamt", visit.get("medfee_sumamt"), source=source)
         if declared is not None:
             _check_money_one(declared, "medfee_sumamt", source, row=1)
-            if declared != item[_I["I_MEDFEE"], 0]:
+            if declared != item[_I["I_MEDFEE"]]:
                 raise InputError("medfee_sumamt",
-                                 f"total is not the sum of the lines ({int(item[_I['I_MEDFEE'], 0])})",
+                                 f"total is not the sum of the lines ({item[_I['I_MEDFEE']]})",
                                  declared, row=1, mdtrt_id=strings["mdtrt_id"], source=source)
         rule = (version * cp.n_med_types + med_type) * cp.n_levels + level
         year = (self.epoch + dt.timedelta(days=gov)).year
-        cols = {"rule": np.array([rule], np.int32), "group": np.array([group], np.int16),
-                "cats": np.array([cats], np.int16), "cause": np.array([cause], np.int8),
-                "out_area": np.array([out_area], np.int8),
-                "referral": np.array([1 if visit.get("refl_flag") or (
-                    strings["psn_fst_medins_code"] is not None
-                    and strings["psn_fst_medins_code"] == strings["fixmedins_code"]) else 0], np.int8),
-                "bed_days": np.array([bed_days], np.int32),
-                "acct_used": np.array([1 if visit.get("acct_used_flag") else 0], np.int8)}
-        return cols, item, version, year
+        referral = 1 if visit.get("refl_flag") or (strings["psn_fst_medins_code"] is not None and
+                                                   strings["psn_fst_medins_code"] == strings["fixmedins_code"]) else 0
+        inputs = OneVisit(rule, group, cats, cause, out_area, referral, bed_days,
+                          1 if visit.get("acct_used_flag") else 0)
+        return inputs, item, version, year
 
     def _precomputed(self, visit, source):
         amount = [0] * N_ITEM                      # Python ints: one numpy array at the end
@@ -977,7 +986,7 @@ class OneVisitAdapter:
                              row=1, source=source)
         amount[_I["I_MEDFEE"]] = sum(amount[_I[k]] for k in ("I_FULAMT", "I_OVERLMT", "I_PRESELFPAY", "I_INSCP"))
         _check_money_one(amount[_I["I_MEDFEE"]], "medfee_sumamt", source, row=1)
-        return np.array(amount, dtype=np.int64).reshape(N_ITEM, 1)
+        return amount
 
     def _itemize(self, visit, lines, source):
         from ._itemize import itemize
@@ -1040,4 +1049,4 @@ class OneVisitAdapter:
         c = self.catalogue
         itemize(np.array([0, m], np.int64), code, cnt, pric, amt, c.cls, c.prepay, c.ceiling, c.essential, item)
         _check_money_one(int(item[_I["I_MEDFEE"], 0]), "medfee_sumamt", source, row=1)
-        return item
+        return item[:, 0].tolist()

@@ -474,24 +474,18 @@ class Settler:
         The same kernel as settle_table, on a batch of one; only the conversion differs (plain
         Python values instead of Arrow columns, with the same checks and the same messages).
         """
-        from ._chain import settle
+        from ._chain import settle_one
 
-        cols, item, version, year = self._one.prepare(visit, lines, int(balance))
-        acc_row = np.array([[int((acc or {}).get(name, 0)) for name in layout.ACC_COLS]], dtype=np.int64)
-        bal = np.array([int(balance)], dtype=np.int64)
-        out = np.empty((len(layout.OUT_COLS), 1), dtype=np.int64)
-        status = np.empty(1, dtype=np.int8)
-        flags = np.empty(1, dtype=np.int32)
+        one, item, version, year = self._one.prepare(visit, lines, int(balance))
         cp = self.compiled
-        settle(cp.rules, cp.diseases, cp.bands, cp.n_groups, item, cols["rule"], cols["group"], cols["cats"],
-               cols["cause"], cols["out_area"], cols["referral"], cols["bed_days"], cols["acct_used"],
-               _ZERO_SLOT, _ZERO_SLOT, acc_row, bal, _MODES[mode], out, status, flags)
-        amounts = dict(zip(layout.OUT_COLS, out[:, 0].tolist()))
-        code = int(status[0])
+        out, code, flags, acc_after, balance_after = settle_one(
+            cp.rules, cp.diseases, cp.bands, cp.n_groups, item, *one,
+            [int((acc or {}).get(name, 0)) for name in layout.ACC_COLS], int(balance), _MODES[mode])
+        amounts = dict(zip(layout.OUT_COLS, out))
         label = self._labels[version]
         reason = ""
         if code == layout.STATUS["EXCLUDED"]:
-            reason = f"excluded_cause:{self.pack.injury_causes[int(cols['cause'][0])]}"
+            reason = f"excluded_cause:{self.pack.injury_causes[one.cause]}"
         elif code in (layout.STATUS["REFUSED"], layout.STATUS["PROVISIONAL"]):
             reason = "pending_cause"
         elif code == layout.STATUS["NOT_COVERED"]:
@@ -499,12 +493,10 @@ class Settler:
         return OneResult(
             mdtrt_id=visit["mdtrt_id"], psn_no=visit["psn_no"], insutype=visit["insutype"], year=year,
             status=_STATUS_NAMES[code], reason=reason, policy_version=label, amounts=amounts,
-            flags=int(flags[0]), acc_after=dict(zip(layout.ACC_COLS, acc_row[0].tolist())),
-            balance_after=int(bal[0]),
+            flags=flags, acc_after=dict(zip(layout.ACC_COLS, acc_after)), balance_after=balance_after,
             setldetail=[SetlDetail(*row) for row in self._detail.rows_of_one(
-                amounts, code, int(flags[0]), *(int(cols[k][0]) for k in ("rule", "group", "cats", "cause",
-                                                                          "out_area")),
-                int(item[_INSCP_ESS, 0]))])
+                amounts, code, flags, one.rule, one.group, one.cats, one.cause, one.out_area,
+                item[_INSCP_ESS])])
 
     def rule_label(self, rule: int) -> str:
         """The rule row in words: pack/scheme/version, med type, level."""
@@ -561,7 +553,6 @@ def _by_column(rows: np.ndarray, block: int = 4096) -> np.ndarray:
     return out
 
 
-_ZERO_SLOT = np.zeros(1, dtype=np.int32)
 _INSCP_ESS = layout.ITEM_COLS.index("I_INSCP_ESS")
 
 

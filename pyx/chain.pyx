@@ -610,3 +610,53 @@ def settle(const int64_t[:, ::1] rules, const int64_t[:, ::1] diseases, const in
             settle_rows(&a, n, mode)
     else:
         settle_rows(&a, n, mode)
+
+
+def settle_one(const int64_t[:, ::1] rules, const int64_t[:, ::1] diseases, const int64_t[:, ::1] bands,
+               Py_ssize_t n_groups, item, Py_ssize_t rule, Py_ssize_t group, int64_t cats,
+               int64_t cause, int64_t out_area, int64_t referral, int64_t bed_days, int64_t acct_used,
+               acc, int64_t balance, int mode):
+    """settle() of one visit with Python ints in and out (the real-time path): no arrays to make.
+
+    item: N_ITEM ints (layout.ITEM_COLS); acc: the person's N_ACC totals (layout.ACC_COLS).
+    Returns (out: N_OUT ints in layout.OUT_COLS order, status, flags, acc after: list, balance after).
+    The visit runs through settle_rows, the loop settle() runs, as a batch of one.
+    """
+    if rules.shape[1] != N_RULE or diseases.shape[1] != N_DIS or bands.shape[1] != 2 * BAND_MAX:
+        raise ValueError("rules, diseases or bands: wrong number of columns")
+    if n_groups < 1 or diseases.shape[0] != rules.shape[0] * n_groups:
+        raise ValueError(f"diseases: needs n_rules * n_groups = {rules.shape[0]} * {n_groups} rows, "
+                         f"got {diseases.shape[0]}")
+    if not 0 <= rule < rules.shape[0]:
+        raise ValueError(f"rule: must be a row of rules (0 to {rules.shape[0] - 1}), got {rule}")
+    if not 0 <= group < n_groups:
+        raise ValueError(f"group: must be 0 to {n_groups - 1}, got {group}")
+    if mode != MODE_SETTLE and mode != MODE_PRESETTLE:
+        raise ValueError(f"mode: must be MODE_SETTLE ({MODE_SETTLE}) or MODE_PRESETTLE "
+                         f"({MODE_PRESETTLE}), got {mode}")
+    if len(item) != N_ITEM:
+        raise ValueError(f"item: needs {N_ITEM} amounts, got {len(item)}")
+    if len(acc) != N_ACC:
+        raise ValueError(f"acc: needs {N_ACC} totals, got {len(acc)}")
+    cdef int64_t item_c[N_ITEM]
+    cdef int64_t acc_c[N_ACC]
+    cdef int64_t out_c[N_OUT]
+    cdef int64_t balance_c = balance
+    cdef int32_t rule_c = <int32_t>rule, bed_days_c = <int32_t>bed_days, slot = 0, flags_c = 0
+    cdef int16_t group_c = <int16_t>group, cats_c = <int16_t>cats
+    cdef int8_t cause_c = <int8_t>cause, out_area_c = <int8_t>out_area, referral_c = <int8_t>referral
+    cdef int8_t acct_used_c = <int8_t>acct_used, status_c = 0
+    cdef Py_ssize_t k
+    for k in range(N_ITEM):
+        item_c[k] = item[k]
+    for k in range(N_ACC):
+        acc_c[k] = acc[k]
+    cdef Rows a
+    a.rules, a.dis, a.bands = &rules[0, 0], &diseases[0, 0], &bands[0, 0] if bands.shape[0] > 0 else NULL
+    a.groups, a.item, a.rule, a.group, a.cats = n_groups, item_c, &rule_c, &group_c, &cats_c
+    a.cause, a.out_area, a.referral, a.bed_days = &cause_c, &out_area_c, &referral_c, &bed_days_c
+    a.acct_used, a.acc_slot, a.psn_slot, a.acc = &acct_used_c, &slot, &slot, acc_c
+    a.balance, a.out, a.status, a.flags = &balance_c, out_c, &status_c, &flags_c
+    settle_rows(&a, 1, mode)
+    return ([out_c[k] for k in range(N_OUT)], status_c, flags_c, [acc_c[k] for k in range(N_ACC)],
+            balance_c)

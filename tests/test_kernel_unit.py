@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kernel import layout
-from kernel._chain import settle
+from kernel._chain import settle, settle_one
 from kernel._itemize import itemize
 
 K = layout.as_constants()
@@ -659,3 +659,49 @@ def test_identities_and_caps_hold_on_a_randomized_run(mode):
         assert (acc[:, K[name]] == expect).all(), name
     spent = np.bincount(psn_slot, col(out, "acct_pay"), minlength=n_psn)
     assert (balance == balance0 - spent).all()
+
+
+@pytest.mark.parametrize("mode", [SETTLE, PRESETTLE])
+def test_settle_one_is_settle_of_a_batch_of_one(mode):
+    """The real-time entry (Python ints in and out) gives settle()'s result for each visit, carrying
+    the person's totals and balance from visit to visit as settle() does in one batch."""
+    rng = np.random.default_rng(7 + mode)
+    rules, diseases, bands, n_groups = random_tables(rng)
+    n = 400
+    item = np.zeros((N_ITEM, n), np.int64)
+    item[1:5] = rng.integers(0, 2_000_000, (4, n)) * (rng.random((4, n)) < 0.7)
+    item[5] = (item[4] * rng.random(n) * (rng.random(n) < 0.5)).astype(np.int64)
+    item[0] = item[1:5].sum(axis=0)
+    cols = dict(rule=rng.integers(0, len(rules), n).astype(np.int32),
+                group=rng.integers(0, n_groups, n).astype(np.int16),
+                cats=rng.integers(0, 1 << 8, n).astype(np.int16),
+                cause=rng.choice([0, 0, 0, 1, 2, 3], n).astype(np.int8),
+                out_area=rng.choice([0, 0, 1, 2], n).astype(np.int8),
+                referral=rng.integers(0, 2, n).astype(np.int8),
+                bed_days=rng.integers(0, 60, n).astype(np.int32),
+                acct_used=rng.integers(0, 2, n).astype(np.int8))
+    zero = np.zeros(n, np.int32)                 # one person: every visit reads the last one's totals
+    acc, balance = np.zeros((1, N_ACC), np.int64), np.array([3_000_000], np.int64)
+    out, status, flags = np.zeros((N_OUT, n), np.int64), np.zeros(n, np.int8), np.zeros(n, np.int32)
+    settle(rules, diseases, bands, n_groups, item, *cols.values(), zero, zero, acc, balance, mode, out,
+           status, flags)
+    one_acc, one_balance = [0] * N_ACC, 3_000_000
+    for i in range(n):
+        got = settle_one(rules, diseases, bands, n_groups, item[:, i].tolist(),
+                         *(int(c[i]) for c in cols.values()), one_acc, one_balance, mode)
+        assert got[0] == out[:, i].tolist() and (got[1], got[2]) == (status[i], flags[i]), i
+        one_acc, one_balance = got[3], got[4]
+    assert one_acc == acc[0].tolist() and one_balance == balance[0]
+    assert (status == K["S_REFUSED"]).any() == (mode == SETTLE)    # the refusal path is in the run
+
+    args = [rules, diseases, bands, n_groups, item[:, 0].tolist(), 0, 0, 0, 0, 0, 0, 0, 0]
+    with pytest.raises(ValueError, match="rule"):
+        settle_one(*args[:5], len(rules), *args[6:], [0] * N_ACC, 0, mode)
+    with pytest.raises(ValueError, match="group"):
+        settle_one(*args[:6], n_groups, *args[7:], [0] * N_ACC, 0, mode)
+    with pytest.raises(ValueError, match="item"):
+        settle_one(*args[:4], [0] * (N_ITEM - 1), *args[5:], [0] * N_ACC, 0, mode)
+    with pytest.raises(ValueError, match="acc"):
+        settle_one(*args, [0] * (N_ACC + 1), 0, mode)
+    with pytest.raises(ValueError, match="mode"):
+        settle_one(*args, [0] * N_ACC, 0, 7)
