@@ -89,12 +89,14 @@ class _PersonLocks:
     def __init__(self):
         self._locks: dict[str, list] = {}
 
-    def get(self, psn_no):
+    def get(self, psn_no) -> tuple[asyncio.Lock, bool]:
+        """(the person's lock, alone): alone when no other call holds or waits for it, so acquiring
+        it cannot wait."""
         entry = self._locks.get(psn_no)
         if entry is None:
             entry = self._locks[psn_no] = [asyncio.Lock(), 0]
         entry[1] += 1
-        return entry[0]
+        return entry[0], entry[1] == 1
 
     def put(self, psn_no):
         entry = self._locks[psn_no]
@@ -118,13 +120,14 @@ class _PersonHold:
         self.lock = self.commit = None
 
     async def __aenter__(self) -> _PersonHold:
-        lock = self.locks.get(self.psn_no)
+        lock, alone = self.locks.get(self.psn_no)
         try:
-            if self.deadline is None:
-                await lock.acquire()
+            if self.deadline is None or alone:
+                await lock.acquire()            # alone: free, nobody queued; it does not wait
             else:
-                # always under the deadline: a lock that reads as free can still make a newcomer
-                # wait, behind an earlier call that was woken and has not run yet
+                # under the deadline: a lock that reads as free can still make a newcomer wait,
+                # behind an earlier call that was woken and has not run yet (that call still counts
+                # in _PersonLocks, so this one is not alone)
                 try:
                     async with asyncio.timeout(self.deadline - asyncio.get_running_loop().time()):
                         await lock.acquire()

@@ -298,7 +298,7 @@ def _past_deadline_while_p1_is_held(srv, call):
     service = srv.running.service
 
     async def hold():
-        lock = service._locks.get("P1")
+        lock, _ = service._locks.get("P1")
         await lock.acquire()
         return lock
 
@@ -358,7 +358,8 @@ def test_person_hold_ends_at_the_deadline_behind_a_woken_waiter():
         waiting = asyncio.create_task(b())
         await asyncio.sleep(0)                      # B waits for the lock
         await a.__aexit__(None, None, None)         # released: B is woken, has not run yet
-        assert not locks.get("P1").locked()
+        lock, alone = locks.get("P1")
+        assert not lock.locked() and not alone      # free, yet B still counts
         locks.put("P1")
         started = loop.time()
         with pytest.raises(CallError) as e:
@@ -372,6 +373,34 @@ def test_person_hold_ends_at_the_deadline_behind_a_woken_waiter():
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert gave_up < 0.9                            # at its deadline, not after B's second
     assert left == {}                               # every hold let go of the person's entry
+
+
+def test_a_lone_person_hold_takes_the_lock_without_a_timer():
+    """Alone (no other call holds or waits for the person), a hold with a deadline acquires at once
+    and schedules no timer; with a second call in the way it waits under its deadline."""
+    from server.server import _PersonHold, _PersonLocks
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        locks = _PersonLocks()
+        timers = len(loop._scheduled)
+        async with _PersonHold(locks, "P1", loop.time() + 5) as hold:
+            assert hold.lock.locked()
+            lone_timers = len(loop._scheduled) - timers
+            seen = []
+
+            async def second():
+                async with _PersonHold(locks, "P1", loop.time() + 5):
+                    seen.append("second")
+            task = asyncio.create_task(second())
+            await asyncio.sleep(0)                  # the second call waits, under a timer
+            waiting_timers = len(loop._scheduled) - timers
+            assert not seen
+        await task
+        return lone_timers, waiting_timers, seen, locks._locks
+
+    lone, waiting, seen, left = asyncio.run(scenario())
+    assert (lone, waiting, seen, left) == (0, 1, ["second"], {})
 
 
 class GatedLedger(SqliteLedger):
