@@ -68,9 +68,11 @@ extensions = [
 
 # The real-time path's Python modules, compiled as they are (no Cython syntax in them): a settlement
 # over gRPC runs their per-call code (request conversion, the one-visit checks, the fund rows'
-# texts), where the interpreter's own overhead is most of the cost. The .py files are installed
-# beside their compiled modules, which import first.
-REALTIME_MODULES = ["kernel/adapter.py", "kernel/api.py", "kernel/detail.py", "server/convert.py"]
+# texts, the caller's token, the ledger's cache and group commit), where the interpreter's own
+# overhead is most of the cost. The .py files are installed beside their compiled modules, which
+# import first. server/server.py stays Python: gRPC tells its coroutine handlers by inspection.
+REALTIME_MODULES = ["kernel/adapter.py", "kernel/api.py", "kernel/detail.py", "server/convert.py",
+                    "server/ledger.py", "server/security.py"]
 realtime = [Extension(path[:-3].replace("/", "."), [path], extra_compile_args=["-O2"])
             for path in REALTIME_MODULES]
 
