@@ -969,7 +969,7 @@ class OneVisitAdapter:
         return inputs, item, version, year
 
     def _precomputed(self, visit, source):
-        amount = [0] * N_ITEM                      # Python ints: one numpy array at the end
+        amount = [0] * N_ITEM                      # Python ints, as the kernel's settle_one takes them
         for name, typ, required, _ in PRECOMPUTED_FIELDS:
             value = visit.get(name)
             if value is None:
