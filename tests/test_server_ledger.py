@@ -30,10 +30,10 @@ def db_state(path, key):
     return {k: v for k, v in acc.items() if v}, found[0]
 
 
-def with_ledger(path, body):
-    """await body(ledger) on an event loop, with a SqliteLedger on path closed afterwards."""
+def with_ledger(path, body, **options):
+    """await body(ledger) on an event loop, with a SqliteLedger(path, **options) closed afterwards."""
     async def run():
-        ledger = SqliteLedger(path)
+        ledger = SqliteLedger(path, **options)
         try:
             await body(ledger)
         finally:
@@ -100,6 +100,61 @@ def test_refused_and_failed_commits_leave_cache(tmp_path):
         acc, balance = cached_state(ledger, key)
         assert acc == dict(zip(ACC_COLS, [5] * N)) and balance == 900
         assert (acc, balance) == db_state(path, key)
+    with_ledger(path, body)
+
+
+def _reads(ledger) -> list:
+    """The SQL the ledger's reader connection runs from now on."""
+    seen = []
+    ledger._reader.set_trace_callback(seen.append)
+    return seen
+
+
+def test_a_person_the_ledger_never_saw_reads_no_sqlite(tmp_path):
+    # the known-persons index: persons of an earlier process (read from the file at start) and
+    # persons committed since (the cache holds one person here, so they are read again) go to
+    # SQLite and get their totals; a person the ledger holds no row for costs no read at all
+    path = str(tmp_path / "ledger.db")
+    old = [(f"OLD{p}", "rural", 2013) for p in range(5)]
+
+    async def first(ledger):
+        for i, key in enumerate(old):
+            await ledger.commit_settlement(record(i, *key, [i + 1] * N, -10, 1_000))
+    with_ledger(path, first)
+
+    async def second(ledger):
+        reads = _reads(ledger)
+        for key in old:
+            assert cached_state(ledger, key) == db_state(path, key) != ({}, None)
+        assert len(reads) == len(old)
+        del reads[:]
+        for p in range(50):
+            assert cached_state(ledger, (f"NEW{p}", "rural", 2013)) == ({}, None)
+        assert reads == []
+        await ledger.commit_settlement(record(99, "NEW7", "rural", 2013, [3] * N, -5, 500))
+        ledger.read_state("NEW8", "rural", 2013)          # evicts NEW7 from the one-person cache
+        assert reads == []
+        assert cached_state(ledger, ("NEW7", "rural", 2013)) == db_state(path, ("NEW7", "rural", 2013))
+        assert len(reads) == 1
+        assert cached_state(ledger, ("NEW7", "city", 2014)) == ({}, 495)   # another scheme: its balance
+    with_ledger(path, second, cache_persons=1)
+
+
+def test_known_persons_merge_keeps_every_person(tmp_path):
+    # past `fold` added persons the set merges into the sorted hashes: every person added before,
+    # during and after the merges is still known, and persons never added (almost all) are not
+    path = str(tmp_path / "ledger.db")
+
+    async def body(ledger):
+        known = ledger._known
+        known.fold = 7
+        for p in range(100):
+            known.add(f"P{p}")
+            known.add(f"P{p // 2}")                       # again: not added twice
+        assert len(known.hashes) == 98 and len(known.added) == 2
+        assert list(known.hashes) == sorted(set(known.hashes))
+        assert all(known.maybe(f"P{p}") for p in range(100))
+        assert sum(known.maybe(f"Q{p}") for p in range(1000)) <= 1
     with_ledger(path, body)
 
 
