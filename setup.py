@@ -72,7 +72,7 @@ extensions = [
 # overhead is most of the cost. The .py files are installed beside their compiled modules, which
 # import first. server/server.py stays Python: gRPC tells its coroutine handlers by inspection.
 REALTIME_MODULES = ["kernel/adapter.py", "kernel/api.py", "kernel/detail.py", "server/convert.py",
-                    "server/ledger.py", "server/security.py"]
+                    "server/ledger.py", "server/security.py", "server/server.py"]
 realtime = [Extension(path[:-3].replace("/", "."), [path], extra_compile_args=["-O2"])
             for path in REALTIME_MODULES]
 

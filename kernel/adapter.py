@@ -913,7 +913,10 @@ class OneVisitAdapter:
                 raise error
         cause = self._code(strings["inj_cause"] or "none", cp.cause_index, "inj_cause", source)
         cats = 0
-        for name in filter(None, (t.strip() for t in (strings["psn_cats"] or "").split(","))):
+        for name in (strings["psn_cats"] or "").split(","):
+            name = name.strip()
+            if not name:
+                continue
             if name not in cp.category_bit:
                 raise InputError("psn_cats", f"unknown person category (known: {', '.join(cp.category_bit)})",
                                  name, row=1, source=source)
@@ -931,7 +934,11 @@ class OneVisitAdapter:
         if begin > end:
             raise InputError("begndate", "admission after discharge", str(np.datetime64(begin, "D")),
                              row=1, source=source)
-        version = next((vi for lo, hi, vi in self.spans.get(scheme, ()) if lo <= gov <= hi), -1)
+        version = -1
+        for lo, hi, vi in self.spans.get(scheme, ()):
+            if lo <= gov <= hi:
+                version = vi
+                break
         if version < 0:
             raise InputError(_GOVERNING_FIELD[kind],
                              f"no policy version of scheme {pack.schemes[scheme].code} in force on this date",

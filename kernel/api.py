@@ -224,6 +224,8 @@ class Settler:
         self._reference_catalogue = None
         self._one = OneVisitAdapter(self.compiled, catalogue)
         self._detail = DetailBuilder(self.compiled)
+        field_of = {"admission": "begndate", "discharge": "enddate", "settlement": "setl_time"}
+        self._governing = {s.code: field_of[s.governing_date] for s in pack.schemes}   # acc_key's look-up
 
     @classmethod
     def from_files(cls, pack_path=None, catalogue_path=None) -> "Settler":
@@ -456,16 +458,16 @@ class Settler:
 
     def acc_key(self, visit: dict) -> tuple[str, str, int]:
         """(psn_no, insutype, year of the governing date): the accumulator row a visit uses."""
-        scheme = next((s for s in self.pack.schemes if s.code == visit.get("insutype")), None)
-        if scheme is None:
-            raise InputError("insutype", "unknown scheme", visit.get("insutype"))
+        insutype = visit.get("insutype")
+        field = self._governing.get(insutype) if isinstance(insutype, str) else None
+        if field is None:
+            raise InputError("insutype", "unknown scheme", insutype)
         if not visit.get("psn_no"):
             raise InputError("psn_no", "required value is missing", visit.get("psn_no"))
-        field = {"admission": "begndate", "discharge": "enddate", "settlement": "setl_time"}[scheme.governing_date]
         when = visit.get(field) or (visit.get("enddate") if field == "begndate" else None)
         if when is None:
             raise InputError(field, "required value is missing", None)
-        return visit["psn_no"], scheme.code, when.year
+        return visit["psn_no"], insutype, when.year
 
     def settle_one(self, visit: dict, lines: list | None = None, acc: dict | None = None,
                    balance: int = 0, mode="settle") -> OneResult:

@@ -61,11 +61,17 @@ _FUND_FLAGS = {"hifp": _HIFP_FLAGS,
                "maf": _bit("F_MAF_CAPPED") | _AFTER_TOPUP}
 
 
+_CENTS = tuple(f".{c:02d}" for c in range(100))
+
+
 def fen(v: int) -> str:
-    """Fen as yuan with two decimals: 4522000 -> '45,220.00'."""
-    sign = "-" if v < 0 else ""
-    v = abs(int(v))
-    return f"{sign}{v // 100:,}.{v % 100:02d}"
+    """Fen as yuan with two decimals: 4522000 -> '45,220.00'. (Per amount of a real-time text: the
+    grouping format only where there is a thousand to group.)"""
+    v = int(v)
+    if v < 0:
+        return "-" + fen(-v)
+    yuan, cents = divmod(v, 100)
+    return (f"{yuan:,}" if yuan >= 1000 else str(yuan)) + _CENTS[cents]
 
 
 def pct(bp: int) -> str:
@@ -112,7 +118,7 @@ class Template:
 
     def render(self, amounts: dict) -> str:
         slots = _SLOTS.get(self.fund, _LAYER_SLOTS)
-        return "".join(b + fen(amounts[s]) if u else b for b, u, s in zip(self.before, self.used, slots)) \
+        return "".join([b + fen(amounts[s]) if u else b for b, u, s in zip(self.before, self.used, slots)]) \
             + self.tail
 
 
@@ -215,8 +221,8 @@ class DetailBuilder:
         visit (Python ints, xp = _Scalar)."""
         R = self._rules_ints if xp is _Scalar else self.cp.rules
         settled = xp.isin(status, _SETTLED)
-        inscp, hosp, ded, hifp, ratio = (col[k] for k in ("inscp_scp_amt", "hosp_part_amt", "act_pay_dedc",
-                                                          "hifp_pay", "pool_prop_selfpay"))
+        inscp, hosp, ded, hifp, ratio = (col["inscp_scp_amt"], col["hosp_part_amt"], col["act_pay_dedc"],
+                                         col["hifp_pay"], col["pool_prop_selfpay"])
         hifob, hifmi, cvl, cap_left = col["hifob_pay"], col["hifmi_pay"], col["cvlserv_pay"], col["hifp_lmt"]
         eligible = xp.where(settled, inscp - hosp - ded, 0)
         # hifp_pay before the guaranteed-minimum top-up (step 10, paid after steps 7-9): unbanded and

@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from kernel.api import OneResult
 from kernel.errors import InputError
-from kernel.layout import ACC_COLS, OUT_COLS
+from kernel.layout import ACC_COLS
 from kernel.schema import LINE_FIELDS, PRECOMPUTED_FIELDS, VISIT_FIELDS
 
 from . import settlement_pb2 as pb
@@ -67,7 +67,7 @@ def _parse_time(name, text, kind):
 def request_to_kernel(req: pb.SettleRequest) -> tuple[dict, list[dict] | None]:
     """(visit, lines): lines None when the visit carries precomputed amounts instead."""
     visit = visit_from_pb(req.visit)
-    precomputed = any(name in visit for name in _PRECOMPUTED)
+    precomputed = not visit.keys().isdisjoint(_PRECOMPUTED)
     if not req.lines:
         if not precomputed:
             raise InputError("lines", "a visit needs line items or precomputed amounts", 0,
@@ -113,7 +113,7 @@ def result_to_pb(one: OneResult, *, setl_id="", request_id="", institution="", s
         mdtrt_id=one.mdtrt_id, psn_no=one.psn_no, insutype=one.insutype, year=one.year,
         status=one.status, reason=one.reason or "", policy_version=one.policy_version or "",
         setl_time=setl_time, reversed=bool(reversal_id), reversal_id=reversal_id,
-        flags=one.flags, setldetail=detail, **{name: one.amounts[name] for name in OUT_COLS})
+        flags=one.flags, setldetail=detail, **one.amounts)          # amounts: exactly OUT_COLS
 
 
 def accumulator_row_pb(insutype: str, year: int, acc: dict) -> pb.AccumulatorRow:

@@ -265,7 +265,7 @@ class _PersonCache:
         row = self.rows.get(key, _MISSING)
         if row is not _MISSING and any(acc_delta):
             self.rows[key] = (tuple(acc_delta) if row is None
-                              else tuple(a + d for a, d in zip(row, acc_delta)))
+                              else tuple([a + d for a, d in zip(row, acc_delta)]))
         balance = self.balances.get(psn_no, _MISSING)
         if balance is _MISSING:
             return
