@@ -15,10 +15,10 @@ blocks a commit), so no settlement waits for a checkpoint.
 
 Person cache: what `read_state` returns is kept in memory (bounded, oldest first out) and updated
 from each committed transaction before its futures resolve, so a person's next settlement reads no
-SQLite. Known persons: the ledger also keeps the hash of every psn_no it holds a row for (read at
-start, about 8 bytes a person, and those committed since), so a person it has never seen, most
-of a counter's callers, costs no SQLite read either; a hash shared with a known person costs only
-that read. This is exact because the server serializes each person's settlements and one process
+SQLite. Known persons: the ledger also keeps the hash of every psn_no it holds a row for (read
+by a thread at start, about 8 bytes a person, and those committed since), so a person it has never
+seen, most of a counter's callers, costs no SQLite read either; a hash shared with a known person
+costs only that read. This is exact because the server serializes each person's settlements and one process
 owns the ledger file (the writer thread is its only writer).
 
 Invariant (checked by the crash test): for every (psn_no, insutype, year), each accumulator equals
@@ -28,7 +28,9 @@ the journal's balance deltas.
 from __future__ import annotations
 
 import abc
+import array
 import asyncio
+import bisect
 import fcntl
 import queue
 import sqlite3
@@ -277,40 +279,77 @@ class _PersonCache:
 
 class _KnownPersons:
     """Which psn_no the ledger may hold a row for (account or accumulator). `maybe` is never False
-    for a person it holds: at start the hashes of the file's persons (a sorted int64 array, 8 bytes
-    a person), then each person a commit writes, added by the writer before the commit's future
+    for a person it holds: the hashes of the file's persons (a sorted int64 array, 8 bytes a
+    person), then each person a commit writes, added by the writer before the commit's future
     resolves (a set, merged into the array once it holds `fold` persons or a sixteenth of the
     array, whichever is more: each merge copies the array once, so a person costs its 8 bytes
     about sixteen times over). A hash that collides with a known person's answers True: the caller
-    then reads SQLite, which answers exactly."""
+    then reads SQLite, which answers exactly.
 
-    def __init__(self, conn: sqlite3.Connection, fold: int = 65_536):
+    The file's persons are read by a thread on its own connection while the ledger serves (about
+    3 s a million persons here). Until it is done `maybe` answers True, so reads go to SQLite as
+    without the index, and the writer keeps every person it commits in the set: the snapshot the
+    thread read plus the set hold every person, whenever that snapshot was taken.
+
+    The array is an array.array searched with bisect, not numpy: the look-up runs on the event
+    loop, and numpy's search lets go of the GIL, which hands it to the writer thread and costs the
+    loop about 20 us a call to take back. numpy only builds and merges it."""
+
+    def __init__(self, path: str, fold: int = 65_536):
         self.fold = fold
-        chunks = []
-        for table in ("account", "accumulator"):
-            cur = conn.execute(f"SELECT DISTINCT psn_no FROM {table}")
-            while rows := cur.fetchmany(65_536):
-                chunks.append(np.fromiter((hash(r[0]) for r in rows), np.int64, len(rows)))
-        self.hashes = np.unique(np.concatenate(chunks)) if chunks else np.empty(0, np.int64)
+        self.hashes = array.array("q")
         self.added: set[str] = set()
+        self.ready = False
+        self._conn = _connect(path)
+        self._thread = threading.Thread(target=self._load, name="ledger-index", daemon=True)
+        self._thread.start()
+
+    def _load(self) -> None:
+        try:
+            chunks = []
+            cur = self._conn.execute("SELECT psn_no FROM account UNION SELECT psn_no FROM accumulator")
+            while rows := cur.fetchmany(65_536):
+                chunks.append(np.fromiter([hash(r[0]) for r in rows], np.int64, len(rows)))
+            self.hashes = _int64s(np.unique(np.concatenate(chunks)) if chunks else np.empty(0, np.int64))
+            self.ready = True                     # after the array: a reader that sees it sees both
+        except sqlite3.Error:                     # stopped by close(): no index, reads go to SQLite
+            pass
+        finally:
+            self._conn.close()
+
+    def stop(self) -> None:
+        """Stop loading (the ledger closes) and wait for the thread."""
+        if self._thread.is_alive():
+            try:
+                self._conn.interrupt()
+            except sqlite3.ProgrammingError:      # it finished meanwhile
+                pass
+        self._thread.join()
 
     def maybe(self, psn_no: str) -> bool:
-        # the set before the array: a fold publishes the new array before it empties the set
-        if psn_no in self.added:
+        # the set before the array: a merge publishes the new array before it empties the set
+        if not self.ready or psn_no in self.added:
             return True
         hashes, h = self.hashes, hash(psn_no)
-        at = int(hashes.searchsorted(h))
-        return at < len(hashes) and int(hashes[at]) == h
+        at = bisect.bisect_left(hashes, h)
+        return at < len(hashes) and hashes[at] == h
 
     def add(self, psn_no: str) -> None:
         """From the writer thread only."""
-        if self.maybe(psn_no):
+        if self.ready and self.maybe(psn_no):
             return
-        self.added.add(psn_no)
-        if len(self.added) >= max(self.fold, len(self.hashes) >> 4):
+        self.added.add(psn_no)                    # while loading: every person committed
+        if self.ready and len(self.added) >= max(self.fold, len(self.hashes) >> 4):
             new = np.sort(np.fromiter(map(hash, self.added), np.int64, len(self.added)))
-            self.hashes = np.insert(self.hashes, self.hashes.searchsorted(new), new)   # sorted still
+            old = np.frombuffer(self.hashes, np.int64)
+            self.hashes = _int64s(np.insert(old, old.searchsorted(new), new))    # sorted still
             self.added = set()
+
+
+def _int64s(values: np.ndarray) -> array.array:
+    out = array.array("q")
+    out.frombytes(values.astype(np.int64).tobytes())
+    return out
 
 
 def _record(row) -> SettlementRecord:
@@ -365,7 +404,7 @@ class SqliteLedger(Ledger):
         self._checkpoint_conn = _connect(self.path)
         self._checkpoint_due = threading.Event()
         self._cache = _PersonCache(cache_persons)
-        self._known = _KnownPersons(self._reader)
+        self._known = _KnownPersons(self.path)
         self._closed = False
         self._closing = threading.Lock()          # close() against a commit being queued
         self.broken: BaseException | None = None   # set if the writer thread failed: no more commits
@@ -643,6 +682,7 @@ class SqliteLedger(Ledger):
             self._closed = True
             self._queue.put(_STOP)
         self._thread.join()
+        self._known.stop()
         self._reader.close()
         self._lock_file.close()                   # another process may own the ledger now
 

@@ -123,6 +123,7 @@ def test_a_person_the_ledger_never_saw_reads_no_sqlite(tmp_path):
     with_ledger(path, first)
 
     async def second(ledger):
+        ledger._known._thread.join()                      # the file's persons are loaded
         reads = _reads(ledger)
         for key in old:
             assert cached_state(ledger, key) == db_state(path, key) != ({}, None)
@@ -140,6 +141,32 @@ def test_a_person_the_ledger_never_saw_reads_no_sqlite(tmp_path):
     with_ledger(path, second, cache_persons=1)
 
 
+def test_persons_committed_while_the_index_loads_are_known(tmp_path, monkeypatch):
+    # the file's persons are read by a thread while the ledger serves: until it is done every read
+    # goes to SQLite, and persons committed meanwhile are known once it is
+    from server.ledger import _KnownPersons
+    path = str(tmp_path / "ledger.db")
+    with_ledger(path, lambda ledger: ledger.commit_settlement(record(0, "OLD", "rural", 2013, [1] * N)))
+    gate = threading.Event()
+    load = _KnownPersons._load
+    monkeypatch.setattr(_KnownPersons, "_load", lambda self: (gate.wait(30), load(self)))
+
+    async def body(ledger):
+        reads = _reads(ledger)
+        assert cached_state(ledger, ("NEVER", "rural", 2013)) == ({}, None) and len(reads) == 1
+        await ledger.commit_settlement(record(1, "DURING", "rural", 2013, [2] * N))
+        gate.set()
+        ledger._known._thread.join()
+        assert ledger._known.ready
+        del reads[:]
+        for psn, acc in (("OLD", 1), ("DURING", 2)):
+            ledger._cache.rows.clear()
+            assert cached_state(ledger, (psn, "rural", 2013)) == (dict(zip(ACC_COLS, [acc] * N)), None)
+        assert len(reads) == 2
+        assert cached_state(ledger, ("NEVER2", "rural", 2013)) == ({}, None) and len(reads) == 2
+    with_ledger(path, body)
+
+
 def test_known_persons_merge_keeps_every_person(tmp_path):
     # past `fold` added persons the set merges into the sorted hashes: every person added before,
     # during and after the merges is still known, and persons never added (almost all) are not
@@ -147,6 +174,7 @@ def test_known_persons_merge_keeps_every_person(tmp_path):
 
     async def body(ledger):
         known = ledger._known
+        known._thread.join()
         known.fold = 7
         for p in range(100):
             known.add(f"P{p}")
