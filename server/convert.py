@@ -58,7 +58,8 @@ def _parse_time(name, text, kind):
     try:
         if kind == "date":
             return dt.date.fromisoformat(text)
-        return dt.datetime.fromisoformat(text).replace(tzinfo=None)
+        value = dt.datetime.fromisoformat(text)
+        return value if value.tzinfo is None else value.replace(tzinfo=None)   # the wall time given
     except ValueError:
         rule = "not a date YYYY-MM-DD" if kind == "date" else "not a time YYYY-MM-DDTHH:MM:SS"
         raise InputError(name, rule, text) from None

@@ -2,6 +2,7 @@
 Settle, idempotency, per-person serialization, reversal, and section 9's bad inputs."""
 import asyncio
 import concurrent.futures as cf
+import datetime as dt
 import sqlite3
 import threading
 import time
@@ -548,3 +549,13 @@ def test_missing_request_id_and_raw_status_details(srv):
             return await rpc_status.aio.from_call(call)
     assert asyncio.run(aio_status()) == status
     assert journal_rows(srv) == 0
+
+
+def test_a_time_with_an_offset_keeps_its_wall_time():
+    # setl_time "09:30:00+08:00" is 09:30 on the settlement's own clock, as without the offset
+    from server import convert
+    times = [convert.visit_from_pb(pb.Visit(
+        mdtrt_id="M1", psn_no="P1", insutype="rural", medins_lv="2", med_type="21",
+        enddate="2013-01-10", setl_time=text))["setl_time"]
+        for text in ("2013-01-10T09:30:00+08:00", "2013-01-10T09:30:00", "2013-01-10T09:30:00-05:00")]
+    assert times == [dt.datetime(2013, 1, 10, 9, 30)] * 3
