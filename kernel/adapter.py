@@ -8,6 +8,7 @@ visit row) or line, the rule and the value.
 from __future__ import annotations
 
 import contextvars
+import datetime as dt
 import mmap
 import threading
 from dataclasses import dataclass
@@ -838,7 +839,6 @@ class OneVisitAdapter:
     """Kernel inputs for a single visit given as a dict (the gRPC path)."""
 
     def __init__(self, compiled, catalogue):
-        import datetime as dt
         self.cp = compiled
         self.catalogue = catalogue
         self.code_index = {c: i for i, c in enumerate(catalogue.codes.to_pylist())}
@@ -865,7 +865,6 @@ class OneVisitAdapter:
         return value
 
     def _date(self, visit, name, required, source, timestamp=False):
-        import datetime as dt
         value = visit.get(name)
         if value is None:
             if required:
@@ -890,7 +889,6 @@ class OneVisitAdapter:
 
     def prepare(self, visit: dict, lines, balance: int, source="visit", line_source="lines"):
         """-> (OneVisit: the kernel's inputs, item: N_ITEM ints (layout.ITEM_COLS), version, year)."""
-        import datetime as dt
         cp, pack = self.cp, self.cp.pack
         # field presence and types, in schema order (as prepare() checks columns)
         strings = {}

@@ -306,7 +306,8 @@ class DetailBuilder:
             if applies:
                 keys = self._keys(code, rule, status, cause, flags, limit, group, cats, out_area,
                                   col["pool_prop_selfpay"])
-                rows.append((code, base, limit, paid, self._template_for(code, tuple(map(int, keys))).render(amounts)))
+                # ints and bools already (True keys the same template as 1)
+                rows.append((code, base, limit, paid, self._template_for(code, tuple(keys)).render(amounts)))
         return rows
 
     # --- words ----------------------------------------------------------------------------------
