@@ -4,7 +4,10 @@
     python bench/bench_grpc.py --seconds 0.3 --rounds 1   # a check that it runs, ~10 s
 
 Client and servers on 127.0.0.1, each server in its own subprocess, same messages (bench/echo.proto):
-  - unary calls/s at 64 in flight: echo vs Settle (target: Settle >= 70% of echo)
+  - unary calls/s at 64 in flight: echo vs Settle (target: Settle >= 70% of echo), and a second
+    peer between them: the echo that also journals each call in the ledger, durably, before it
+    replies (no kernel, no conversion): what the gRPC stack plus a durable commit leave
+    medsettle's own per-call work
   - streamed messages/s at 64 in flight: echo vs SettleStream (target >= 70%)
   - Settle latency p50/p99 at a fixed 300 settlements/s (target p99 < 10 ms)
   - the server's own work per settlement, kernel plus its ledger share (the person read and its
@@ -109,6 +112,36 @@ async def serve_medsettle(port: int, ledger: str):
                                        security=SecurityConfig(tokens={"bench": "H001"})))
     print(f"ready {running.port}", flush=True)
     await running.server.wait_for_termination()
+
+
+async def serve_echo_commit(port: int, ledger: str):
+    """The echo, each call first committed to a SqliteLedger (a journal row with the reply's
+    result, an accumulator row) and awaited, as Settle does; nothing else of Settle."""
+    from kernel.layout import ACC_COLS
+    from server.ledger import SettlementRecord, SqliteLedger
+    reply = sample_reply()
+    blob = reply.settlement.SerializeToString()
+    ledger = SqliteLedger(ledger)
+    seq = itertools.count()
+
+    async def unary(request, context):
+        visit = request.visit
+        record = SettlementRecord(
+            institution="H001", request_id=f"echo-{next(seq)}", request_hash=b"", mdtrt_id=visit.mdtrt_id,
+            psn_no=visit.psn_no, insutype=visit.insutype, year=2013, status="OK", result=blob,
+            acc_delta=[1] * len(ACC_COLS), balance_delta=0, opening_balance=None)
+        await asyncio.shield(ledger.commit_settlement(record))
+        return reply
+
+    handler = grpc.method_handlers_generic_handler("bench.Echo", {
+        "Unary": grpc.unary_unary_rpc_method_handler(
+            unary, pb.SettleRequest.FromString, pb.SettleReply.SerializeToString)})
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port(f"{HOST}:{port}")
+    await server.start()
+    print(f"ready {port}", flush=True)
+    await server.wait_for_termination()
 
 
 class Spawned:
@@ -232,28 +265,37 @@ async def timed(server: Spawned, load) -> tuple[int, float, float]:
 
 async def measure_remote(seconds: float, rounds: int, ledger_dir: str) -> dict:
     """Alternating rounds against both servers; sums per side, ratios of the sums."""
-    echo = Spawned("echo")
+    servers = []
     try:
-        med = Spawned("medsettle", str(Path(ledger_dir) / "ledger.db"))
+        for role, ledger in (("echo", ""), ("echo-commit", "echo-commit.db"), ("medsettle", "ledger.db")):
+            servers.append(Spawned(role, str(Path(ledger_dir) / ledger) if ledger else ""))
     except BaseException:
-        echo.close()
+        for server in servers:
+            server.close()
         raise
-    sums = {k: [0, 0.0, 0.0] for k in ("echo_unary", "settle_unary", "echo_stream", "settle_stream")}
+    echo, committing, med = servers
+    sums = {k: [0, 0.0, 0.0] for k in ("echo_unary", "echo_commit_unary", "settle_unary",
+                                        "echo_stream", "settle_stream")}
     per_round = []
     try:
         async with grpc.aio.insecure_channel(f"{HOST}:{echo.port}") as ech, \
+                grpc.aio.insecure_channel(f"{HOST}:{committing.port}") as cch, \
                 grpc.aio.insecure_channel(f"{HOST}:{med.port}") as mch:
             e_unary = ech.unary_unary("/bench.Echo/Unary", pb.SettleRequest.SerializeToString,
+                                      pb.SettleReply.FromString)
+            c_unary = cch.unary_unary("/bench.Echo/Unary", pb.SettleRequest.SerializeToString,
                                       pb.SettleReply.FromString)
             e_stream = ech.stream_stream("/bench.Echo/Stream", pb.SettleRequest.SerializeToString,
                                          pb.SettleReply.FromString)
             stub = pb_grpc.SettlementStub(mch)
             await unary_load(e_unary, 1.0, "warm-e")
+            await unary_load(c_unary, 1.0, "warm-c")
             await unary_load(stub.Settle, 1.0, "warm-s")
             for r in range(rounds):
                 this = {}
                 for name, server, load in (
                         ("echo_unary", echo, lambda: unary_load(e_unary, seconds, "e")),
+                        ("echo_commit_unary", committing, lambda: unary_load(c_unary, seconds, "c")),
                         ("settle_unary", med, lambda: unary_load(stub.Settle, seconds, "u")),
                         ("echo_stream", echo, lambda: stream_load(e_stream, seconds, "es")),
                         ("settle_stream", med, lambda: stream_load(stub.SettleStream, seconds, "s"))):
@@ -267,11 +309,12 @@ async def measure_remote(seconds: float, rounds: int, ledger_dir: str) -> dict:
             fsyncs = fsync_probe(ledger_dir)
             lat = await fixed_rate(stub.Settle, FIXED_RATE, 2 * seconds * rounds, "r")
     finally:
-        med.close()
-        echo.close()
+        for server in servers:
+            server.close()
     out = {name: n / wall for name, (n, wall, cpu) in sums.items()}
     out.update({f"{name}_server_cpu_us": cpu / n * 1e6 for name, (n, wall, cpu) in sums.items()})
     out["unary_ratio"] = out["settle_unary"] / out["echo_unary"]
+    out["echo_commit_ratio"] = out["echo_commit_unary"] / out["echo_unary"]
     out["stream_ratio"] = out["settle_stream"] / out["echo_stream"]
     out["rounds"] = per_round
     out["p50_ms_at_300"], out["p99_ms_at_300"] = pct(lat, 0.50) * 1e3, pct(lat, 0.99) * 1e3
@@ -353,6 +396,8 @@ def report(r: dict) -> str:
         return f"| {measure} | {value} | {target} | {ratio} | {'' if ok is None else ('yes' if ok else 'NO')} |"
     lines = ["| measure | value | target | ratio | met? |", "|---|---|---|---|---|",
              row("unary echo, bare grpcio (64 in flight)", f"{r['echo_unary']:,.0f} calls/s", "peer"),
+             row("unary echo that also commits each call to the ledger, no kernel (64 in flight)",
+                 f"{r['echo_commit_unary']:,.0f} calls/s", "peer", f"{r['echo_commit_ratio']:.0%} of echo"),
              row("unary Settle, committed (64 in flight)", f"{r['settle_unary']:,.0f} calls/s",
                  ">= 70% of echo", f"{r['unary_ratio']:.0%}", met("unary_ratio", r["unary_ratio"])),
              row("streamed echo (64 in flight)", f"{r['echo_stream']:,.0f} msgs/s", "peer"),
@@ -372,8 +417,9 @@ def report(r: dict) -> str:
                  f"{r['mean_group_commit']:.1f} settlements per fsync", f"{r['commit_share_us']:.0f} us"),
              row("in-process CPU per settlement, all of it (+ conversion, locks, protobuf)",
                  f"{r['inprocess_cpu_us']:.0f} us"),
-             row("server process CPU per unary call (gRPC stack included): echo / Settle",
-                 f"{r['echo_unary_server_cpu_us']:.0f} / {r['settle_unary_server_cpu_us']:.0f} us"),
+             row("server process CPU per unary call (gRPC stack included): echo / echo + commit / Settle",
+                 f"{r['echo_unary_server_cpu_us']:.0f} / {r['echo_commit_unary_server_cpu_us']:.0f} / "
+                 f"{r['settle_unary_server_cpu_us']:.0f} us"),
              row("server process CPU per streamed message: echo / SettleStream",
                  f"{r['echo_stream_server_cpu_us']:.0f} / {r['settle_stream_server_cpu_us']:.0f} us")]
     return "\n".join(lines)
@@ -381,7 +427,7 @@ def report(r: dict) -> str:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--role", choices=["bench", "echo", "medsettle"], default="bench")
+    ap.add_argument("--role", choices=["bench", "echo", "echo-commit", "medsettle"], default="bench")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--ledger", default="")
     ap.add_argument("--seconds", type=float, default=3.0, help="length of one load phase")
@@ -391,6 +437,9 @@ def main():
     args = ap.parse_args()
     if args.role == "echo":
         asyncio.run(serve_echo(args.port))
+        return
+    if args.role == "echo-commit":
+        asyncio.run(serve_echo_commit(args.port, args.ledger))
         return
     if args.role == "medsettle":
         asyncio.run(serve_medsettle(args.port, args.ledger))
