@@ -92,13 +92,18 @@ async def serve_echo(port: int):
         async for _ in request_iterator:
             yield reply
 
-    handler = grpc.method_handlers_generic_handler("bench.Echo", {
-        "Unary": grpc.unary_unary_rpc_method_handler(
-            unary, pb.SettleRequest.FromString, pb.SettleReply.SerializeToString),
-        "Stream": grpc.stream_stream_rpc_method_handler(
-            stream, pb.SettleRequest.FromString, pb.SettleReply.SerializeToString)})
+    await _serve_echo_service(port, unary, stream)
+
+
+async def _serve_echo_service(port: int, unary, stream=None):
+    """Serve bench.Echo (Unary, and Stream when given) on port; print "ready <port>"."""
+    methods = {"Unary": grpc.unary_unary_rpc_method_handler(
+        unary, pb.SettleRequest.FromString, pb.SettleReply.SerializeToString)}
+    if stream is not None:
+        methods["Stream"] = grpc.stream_stream_rpc_method_handler(
+            stream, pb.SettleRequest.FromString, pb.SettleReply.SerializeToString)
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((handler,))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Echo", methods),))
     port = server.add_insecure_port(f"{HOST}:{port}")
     await server.start()
     print(f"ready {port}", flush=True)
@@ -133,15 +138,7 @@ async def serve_echo_commit(port: int, ledger: str):
         await asyncio.shield(ledger.commit_settlement(record))
         return reply
 
-    handler = grpc.method_handlers_generic_handler("bench.Echo", {
-        "Unary": grpc.unary_unary_rpc_method_handler(
-            unary, pb.SettleRequest.FromString, pb.SettleReply.SerializeToString)})
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port(f"{HOST}:{port}")
-    await server.start()
-    print(f"ready {port}", flush=True)
-    await server.wait_for_termination()
+    await _serve_echo_service(port, unary)
 
 
 class Spawned:
