@@ -854,22 +854,8 @@ class OneVisitAdapter:
                         else "time" if pa.types.is_timestamp(typ) else "int", required)
                        for name, typ, required, _ in VISIT_FIELDS]
 
-    def _str(self, visit, name, required, source):
-        value = visit.get(name)
-        if value is None:
-            if required:
-                raise InputError(name, "required value is missing", None, row=1, source=source)
-            return None
-        if not isinstance(value, str):
-            raise InputError(name, "must be string", value, row=1, source=source)
-        return value
-
-    def _date(self, visit, name, required, source, timestamp=False):
-        value = visit.get(name)
-        if value is None:
-            if required:
-                raise InputError(name, "required value is missing", None, row=1, source=source)
-            return None
+    def _date(self, value, name, source, timestamp=False):
+        """(days since the epoch, the value) of a present date or timestamp field."""
         if isinstance(value, dt.datetime):
             if not timestamp:
                 value = value.date()
@@ -893,15 +879,23 @@ class OneVisitAdapter:
         # field presence and types, in schema order (as prepare() checks columns)
         strings = {}
         dates = {}
-        for name, kind, required in self.fields:
-            if kind == "str":
-                strings[name] = self._str(visit, name, required, source)
-            elif kind == "date":
-                dates[name] = self._date(visit, name, required, source)
-            elif kind == "time":
-                dates[name] = self._date(visit, name, required, source, timestamp=True)
+        for name, kind, required in self.fields:        # one loop, no call per field: per request
+            value = visit.get(name)
+            if value is None:
+                if required:
+                    raise InputError(name, "required value is missing", None, row=1, source=source)
+                if kind == "str":
+                    strings[name] = None
+                elif kind != "int":
+                    dates[name] = None
+            elif kind == "str":
+                if not isinstance(value, str):
+                    raise InputError(name, "must be string", value, row=1, source=source)
+                strings[name] = value
+            elif kind == "int":
+                _scalar_int(name, value, source=source)
             else:
-                _scalar_int(name, visit.get(name), source=source)
+                dates[name] = self._date(value, name, source, timestamp=kind == "time")
         scheme = self._code(strings["insutype"], cp.scheme_index, "insutype", source)
         med_type = self._code(strings["med_type"], cp.med_type_index, "med_type", source)
         level = self._code(strings["medins_lv"], cp.level_index, "medins_lv", source)
