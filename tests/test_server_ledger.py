@@ -318,3 +318,31 @@ def test_a_batch_journals_as_one_by_one(tmp_path, monkeypatch):
     assert [ids is not None for ids in bulk] == [True, False, True]
     a, b = _tables(str(tmp_path / "a.db")), _tables(str(tmp_path / "b.db"))
     assert len(a["journal"]) == 116 + 3 and a == b       # 117 settlements, one refused; 3 reversals
+
+
+def test_a_batch_longer_than_a_statement_journals_as_one_by_one(tmp_path):
+    # 150 settlements in one transaction take three bulk statements of at most _BULK_ROWS rows each
+    from server.ledger import _BULK_ROWS
+    rng = random.Random(5)
+    records = [record(i, f"P{rng.randrange(20)}", "rural", 2013,
+                      [rng.randrange(0, 900) for _ in range(N)], -rng.randrange(0, 50),
+                      rng.choice((None, 10_000))) for i in range(150)]
+    assert len(records) > 2 * _BULK_ROWS
+
+    async def one_by_one(ledger):
+        for r in records:
+            await ledger.commit_settlement(r)
+
+    async def batched(ledger):
+        gate, holding = threading.Event(), threading.Event()
+        held = ledger._submit(lambda conn: holding.set() or gate.wait(30),
+                              ("P0", "rural", 2013, [0] * N, 0, None))
+        assert await asyncio.to_thread(holding.wait, 30)
+        futures = [ledger.commit_settlement(r) for r in records]
+        gate.set()
+        await held
+        assert await asyncio.gather(*futures) == list(range(1, 151))
+        assert ledger.batches == 2
+    with_ledger(str(tmp_path / "a.db"), one_by_one)
+    with_ledger(str(tmp_path / "b.db"), batched)
+    assert _tables(str(tmp_path / "a.db")) == _tables(str(tmp_path / "b.db"))
