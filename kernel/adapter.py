@@ -843,6 +843,7 @@ class OneVisitAdapter:
         self.catalogue = catalogue
         self.code_index = {c: i for i, c in enumerate(catalogue.codes.to_pylist())}
         self.epoch = dt.date(1970, 1, 1)
+        self.epoch_ordinal = self.epoch.toordinal()
         self.spans = {}              # scheme index -> [(from days, to days, version index)]
         for vi, v in enumerate(compiled.versions):
             to = (v.effective_to - self.epoch).days if v.effective_to else 10**9
@@ -960,7 +961,7 @@ class OneVisitAdapter:
                                  f"total is not the sum of the lines ({item[_I['I_MEDFEE']]})",
                                  declared, row=1, mdtrt_id=strings["mdtrt_id"], source=source)
         rule = (version * cp.n_med_types + med_type) * cp.n_levels + level
-        year = (self.epoch + dt.timedelta(days=gov)).year
+        year = dt.date.fromordinal(self.epoch_ordinal + gov).year      # no timedelta per call
         referral = 1 if visit.get("refl_flag") or (strings["psn_fst_medins_code"] is not None and
                                                    strings["psn_fst_medins_code"] == strings["fixmedins_code"]) else 0
         inputs = OneVisit(rule, group, cats, cause, out_area, referral, bed_days,
