@@ -70,7 +70,8 @@ extensions = [
 # over gRPC runs their per-call code (request conversion, the one-visit checks, the fund rows'
 # texts, the caller's token, the ledger's cache and group commit), where the interpreter's own
 # overhead is most of the cost. The .py files are installed beside their compiled modules, which
-# import first. server/server.py stays Python: gRPC tells its coroutine handlers by inspection.
+# import first. server/server.py too: Cython 3 marks its async def and async generator methods so
+# that inspect, which gRPC asks to tell a coroutine handler from a blocking one, still says so.
 REALTIME_MODULES = ["kernel/adapter.py", "kernel/api.py", "kernel/detail.py", "server/convert.py",
                     "server/ledger.py", "server/security.py", "server/server.py"]
 realtime = [Extension(path[:-3].replace("/", "."), [path], extra_compile_args=["-O2"])

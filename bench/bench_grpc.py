@@ -1,6 +1,6 @@
 """Real-time benchmark: medsettle's committed Settle against a bare grpcio echo, in one run.
 
-    python bench/bench_grpc.py --json bench-grpc.json     # about 90 s; prints the table, writes JSON
+    python bench/bench_grpc.py --json bench-grpc.json     # about 100 s; prints the table, writes JSON
     python bench/bench_grpc.py --seconds 0.3 --rounds 1   # a check that it runs, ~10 s
 
 Client and servers on 127.0.0.1, each server in its own subprocess, same messages (bench/echo.proto):
@@ -261,7 +261,7 @@ async def timed(server: Spawned, load) -> tuple[int, float, float]:
 
 
 async def measure_remote(seconds: float, rounds: int, ledger_dir: str) -> dict:
-    """Alternating rounds against both servers; sums per side, ratios of the sums."""
+    """Alternating rounds against the three servers; sums per side, ratios of the sums."""
     servers = []
     try:
         for role, ledger in (("echo", ""), ("echo-commit", "echo-commit.db"), ("medsettle", "ledger.db")):

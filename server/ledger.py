@@ -18,8 +18,8 @@ from each committed transaction before its futures resolve, so a person's next s
 SQLite. Known persons: the ledger also keeps the hash of every psn_no it holds a row for (read
 by a thread at start, about 8 bytes a person, and those committed since), so a person it has never
 seen, most of a counter's callers, costs no SQLite read either; a hash shared with a known person
-costs only that read. This is exact because the server serializes each person's settlements and one process
-owns the ledger file (the writer thread is its only writer).
+costs only that read. This is exact because the server serializes each person's settlements and
+one process owns the ledger file (the writer thread is its only writer).
 
 Invariant (checked by the crash test): for every (psn_no, insutype, year), each accumulator equals
 the sum of its journal rows' deltas, and each balance equals its opening balance plus the sum of
@@ -290,9 +290,10 @@ class _KnownPersons:
     then reads SQLite, which answers exactly.
 
     The file's persons are read by a thread on its own connection while the ledger serves (about
-    3 s a million persons here). Until it is done `maybe` answers True, so reads go to SQLite as
-    without the index, and the writer keeps every person it commits in the set: the snapshot the
-    thread read plus the set hold every person, whenever that snapshot was taken.
+    3 s a million persons here, calls a little slower meanwhile: the hashing holds the GIL). Until
+    it is done `maybe` answers True, so reads go to SQLite as without the index, and the writer
+    keeps every person it commits in the set: the snapshot the thread read plus the set hold every
+    person, whenever that snapshot was taken.
 
     The array is an array.array searched with bisect, not numpy: the look-up runs on the event
     loop, and numpy's search lets go of the GIL, which hands it to the writer thread and costs the
