@@ -59,7 +59,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import _pool, layout
-from .adapter import OneVisitAdapter, Prepared, VisitBatch, empty_large, prepare_for_pack, prepare_visits
+from .adapter import (_GOVERNING_FIELD, OneVisitAdapter, Prepared, VisitBatch, empty_large, prepare_for_pack,
+                      prepare_visits)
 from .catalogue import Catalogue, load_catalogue
 from .chunks import DEFAULT_CHUNK_ROWS
 from .compile import compile_pack
@@ -224,8 +225,8 @@ class Settler:
         self._reference_catalogue = None
         self._one = OneVisitAdapter(self.compiled, catalogue)
         self._detail = DetailBuilder(self.compiled)
-        field_of = {"admission": "begndate", "discharge": "enddate", "settlement": "setl_time"}
-        self._governing = {s.code: field_of[s.governing_date] for s in pack.schemes}   # acc_key's look-up
+        # acc_key's look-up: scheme code -> the field of its governing date
+        self._governing = {s.code: _GOVERNING_FIELD[s.governing_date] for s in pack.schemes}
 
     @classmethod
     def from_files(cls, pack_path=None, catalogue_path=None) -> "Settler":
