@@ -359,12 +359,12 @@ async def measure_inprocess(ledger_dir: str, n: int = 4000) -> dict:
         service = SettlementService(settler, reader, SecurityConfig())
         reqs = [visit_request(i, "cpu") for i in range(n + 500)]
         for r in reqs[:500]:                       # warm up
-            await service.settle(r, "H001", "settle", None)
+            await service.settle(r, "H001", "settle", None, pb.SettleReply().settlement)
         window = asyncio.Semaphore(IN_FLIGHT)
 
         async def one(r):
             async with window:
-                await service.settle(r, "H001", "settle", None)
+                await service.settle(r, "H001", "settle", None, pb.SettleReply().settlement)
         settler.spent = reader.spent = 0.0
         batches0, ops0, writer0 = ledger.batches, ledger.ops, ledger.writer_cpu
         cpu0, wall0 = time.process_time(), time.perf_counter()

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import layout
+from ._text import fen, render  # noqa: F401  (fen: the house format of an amount, in C)
 from .adapter import first_index
 
 # fund_pay_type, its pay column, its limit column, its name in words
@@ -59,19 +60,6 @@ _FUND_FLAGS = {"hifp": _HIFP_FLAGS,
                "hifmi": _bit("F_MI_TRIGGERED") | _bit("F_MI_CAPPED") | _bit("F_MI_EFFECTIVE") | _AFTER_TOPUP,
                "cvlserv": _bit("F_CVL_CAPPED") | _AFTER_TOPUP,
                "maf": _bit("F_MAF_CAPPED") | _AFTER_TOPUP}
-
-
-_CENTS = tuple(f".{c:02d}" for c in range(100))
-
-
-def fen(v: int) -> str:
-    """Fen as yuan with two decimals: 4522000 -> '45,220.00'. (Per amount of a real-time text: the
-    grouping format only where there is a thousand to group.)"""
-    v = int(v)
-    if v < 0:
-        return "-" + fen(-v)
-    yuan, cents = divmod(v, 100)
-    return (f"{yuan:,}" if yuan >= 1000 else str(yuan)) + _CENTS[cents]
 
 
 def pct(bp: int) -> str:
@@ -117,9 +105,7 @@ class Template:
     tail: str
 
     def render(self, amounts: dict) -> str:
-        slots = _SLOTS.get(self.fund, _LAYER_SLOTS)
-        return "".join([b + fen(amounts[s]) if u else b for b, u, s in zip(self.before, self.used, slots)]) \
-            + self.tail
+        return render(self.before, self.used, _SLOTS.get(self.fund, _LAYER_SLOTS), self.tail, amounts)
 
 
 def _template(fund: str, parts: list) -> Template:

@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from kernel.api import OneResult
 from kernel.errors import InputError
-from kernel.layout import ACC_COLS
+from kernel.layout import ACC_COLS, OUT_COLS
 from kernel.schema import LINE_FIELDS, PRECOMPUTED_FIELDS, VISIT_FIELDS
 
 from . import settlement_pb2 as pb
@@ -26,6 +26,7 @@ _OPTIONAL_INTS = {f.name for f in pb.Visit.DESCRIPTOR.fields if f.has_presence
 _LINE_REQUIRED_STR = [name for name, typ, required, _ in LINE_FIELDS
                       if required and typ == pa.string() and name != "mdtrt_id"]
 ACC_WIRE = [name[2:].lower() for name in ACC_COLS]     # A_DED_PAID_INP -> ded_paid_inp
+_OUT_WIRE = tuple(OUT_COLS)                             # the result's amounts: wire name = kernel name
 
 
 
@@ -96,25 +97,44 @@ def encode_stored(result: pb.SettlementResult) -> bytes:
     return result.SerializeToString()
 
 
-def decode_stored(blob: bytes, setl_id: int, reversal_id: int | None) -> pb.SettlementResult:
-    result = pb.SettlementResult.FromString(blob)
+def decode_stored(blob: bytes, setl_id: int, reversal_id: int | None,
+                  into: pb.SettlementResult | None = None) -> pb.SettlementResult:
+    """The stored result with its setl_id and reversal, into a reply's (empty) SettlementResult
+    or a new one."""
+    result = pb.SettlementResult() if into is None else into
+    result.ParseFromString(blob)
     result.setl_id = str(setl_id)
     if reversal_id is not None:
         result.reversed, result.reversal_id = True, str(reversal_id)
     return result
 
 
-def result_to_pb(one: OneResult, *, setl_id="", request_id="", institution="", setl_time="",
-                 reversal_id="") -> pb.SettlementResult:
-    detail = [pb.SetlDetail(fund_pay_type=d.fund_pay_type, inscp_scp_amt=d.inscp_scp_amt,
-                            crt_payb_lmt_amt=d.crt_payb_lmt_amt, fund_payamt=d.fund_payamt,
-                            setl_proc_info=d.setl_proc_info) for d in one.setldetail]
-    return pb.SettlementResult(
-        setl_id=setl_id, request_id=request_id, fixmedins_code=institution,
-        mdtrt_id=one.mdtrt_id, psn_no=one.psn_no, insutype=one.insutype, year=one.year,
-        status=one.status, reason=one.reason or "", policy_version=one.policy_version or "",
-        setl_time=setl_time, reversed=bool(reversal_id), reversal_id=reversal_id,
-        flags=one.flags, setldetail=detail, **one.amounts)          # amounts: exactly OUT_COLS
+def result_to_pb(one: OneResult, into: pb.SettlementResult | None = None, *, setl_id="",
+                 request_id="", institution="", setl_time="", reversal_id="") -> pb.SettlementResult:
+    """The SettlementResult of a settled visit, filled into a reply's (empty) one or a new one: a
+    reply built in place is not copied into its message afterwards."""
+    result = pb.SettlementResult() if into is None else into
+    amounts = one.amounts                          # exactly OUT_COLS
+    for name in _OUT_WIRE:                         # a fresh message: zero and "" are already so
+        value = amounts[name]
+        if value:
+            setattr(result, name, value)
+    result.mdtrt_id, result.psn_no, result.insutype = one.mdtrt_id, one.psn_no, one.insutype
+    result.year, result.status, result.flags = one.year, one.status, one.flags
+    for name, value in (("setl_id", setl_id), ("request_id", request_id),
+                        ("fixmedins_code", institution), ("reason", one.reason),
+                        ("policy_version", one.policy_version), ("setl_time", setl_time),
+                        ("reversal_id", reversal_id)):
+        if value:
+            setattr(result, name, value)
+    if reversal_id:
+        result.reversed = True
+    add = result.setldetail.add
+    for d in one.setldetail:
+        add(fund_pay_type=d.fund_pay_type, inscp_scp_amt=d.inscp_scp_amt,
+            crt_payb_lmt_amt=d.crt_payb_lmt_amt, fund_payamt=d.fund_payamt,
+            setl_proc_info=d.setl_proc_info)
+    return result
 
 
 def accumulator_row_pb(insutype: str, year: int, acc: dict) -> pb.AccumulatorRow:

@@ -120,13 +120,16 @@ class Ledger(abc.ABC):
     @abc.abstractmethod
     def commit_settlement(self, record: SettlementRecord) -> asyncio.Future:
         """Journal the settlement and apply its deltas in one durable transaction. The future
-        resolves to its setl_id once durable; it is queued at once, so it lands even when the
-        caller stops waiting for it (a cancelled call)."""
+        resolves to its setl_id once durable. It is queued at once, so it lands even when the
+        caller stops waiting for it, and it cannot be cancelled (a Commit): a call cancelled while
+        it waits is cancelled once the commit has landed, so that its person's next call reads
+        the totals it wrote."""
 
     @abc.abstractmethod
     def commit_reversal(self, setl_id: int, institution: str) -> asyncio.Future:
-        """Journal a reversal of setl_id and subtract its deltas, once. The future resolves to the
-        reversal's id, or to LedgerConflict("already_reversed") the second time."""
+        """Journal a reversal of setl_id and subtract its deltas, once. The future (a Commit, as
+        commit_settlement's) resolves to the reversal's id, or to LedgerConflict("already_reversed")
+        the second time."""
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -365,6 +368,16 @@ def _record(row) -> SettlementRecord:
         reversed_by=row[11 + n])
 
 
+class Commit(asyncio.Future):
+    """The future of a queued commit, which cannot be cancelled: cancel() refuses, so a task
+    cancelled while awaiting it (a deadline, a client gone, a server stopping) goes on waiting and
+    receives its CancelledError once the commit has landed. What asyncio.shield gives, without an
+    outer future and two callbacks per call."""
+
+    def cancel(self, msg=None) -> bool:
+        return False
+
+
 class _Op:
     """A queued commit: apply(conn) runs inside the writer's transaction; change is what its
     commit does to the person cache (psn_no, insutype, year, acc_delta, balance_delta, opening).
@@ -528,7 +541,7 @@ class SqliteLedger(Ledger):
         """Queue apply for the writer; the future of its outcome. change: the person-cache update
         its commit makes, or None when apply returns (value, change) itself. record: a settlement
         the writer may journal in bulk with others (same writes as apply)."""
-        fut = asyncio.get_running_loop().create_future()
+        fut = Commit(loop=asyncio.get_running_loop())
         with self._closing:                 # never queued behind the writer's stop
             if self._closed:
                 raise RuntimeError("ledger is closed")

@@ -9,6 +9,7 @@ totals. Requests are idempotent on (institution, request_id): the first result i
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import hashlib
 import logging
@@ -84,60 +85,102 @@ class ServerConfig:
 
 
 class _PersonLocks:
-    """One asyncio lock per psn_no, dropped when nobody holds or waits for it."""
+    """Who holds each person: per psn_no, the calls waiting for it in arrival order, behind the one
+    holding it. A person nobody holds has no entry. A call alone (the common case) takes its person
+    at once: no lock object, no future, no timer, no await."""
 
     def __init__(self):
-        self._locks: dict[str, list] = {}
+        self._held: dict[str, list | None] = {}    # psn_no -> waiting futures, oldest first
 
-    def get(self, psn_no) -> tuple[asyncio.Lock, bool]:
-        """(the person's lock, alone): alone when no other call holds or waits for it, so acquiring
-        it cannot wait."""
-        entry = self._locks.get(psn_no)
-        if entry is None:
-            entry = self._locks[psn_no] = [asyncio.Lock(), 0]
-        entry[1] += 1
-        return entry[0], entry[1] == 1
+    def try_take(self, psn_no) -> bool:
+        """Take the person if nobody holds it or waits for it."""
+        if psn_no in self._held:
+            return False
+        self._held[psn_no] = None
+        return True
 
-    def put(self, psn_no):
-        entry = self._locks[psn_no]
-        entry[1] -= 1
-        if entry[1] == 0:
-            del self._locks[psn_no]
+    async def take(self, psn_no, deadline: float | None) -> None:
+        """Wait for the person behind the calls before this one, until the deadline (loop time):
+        then DEADLINE_EXCEEDED. A person freed meanwhile is taken at once."""
+        if self.try_take(psn_no):
+            return
+        loop = asyncio.get_running_loop()
+        turn = loop.create_future()
+        waiting = self._held[psn_no]
+        if waiting is None:
+            waiting = self._held[psn_no] = []
+        waiting.append(turn)
+        try:
+            if deadline is None:
+                await turn
+            else:
+                async with asyncio.timeout(deadline - loop.time()):
+                    await turn
+        except TimeoutError:
+            self._forfeit(psn_no, turn)
+            raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                            "deadline passed while waiting for the person's earlier settlements")
+        except BaseException:
+            self._forfeit(psn_no, turn)
+            raise
+
+    def _forfeit(self, psn_no, turn) -> None:
+        # handed the person just as it gave up (woken, not yet run): pass it on; else its turn is
+        # cancelled and give() skips it
+        if turn.done() and not turn.cancelled():
+            self.give(psn_no)
+
+    def give(self, psn_no, done=None) -> None:
+        """The holder is done: the oldest call still waiting holds the person now, or nobody does.
+        (done: as a future's done-callback, the commit the holder waited to land.)"""
+        if done is not None and not done.cancelled():
+            done.exception()                       # retrieved: the caller may be gone
+        waiting = self._held[psn_no]
+        while waiting:
+            turn = waiting.pop(0)
+            if not turn.done():
+                turn.set_result(None)
+                return
+        del self._held[psn_no]
+
+    def holders(self, psn_no) -> int:
+        """Calls holding or waiting for the person (a deadline gone: its turn no longer counts)."""
+        if psn_no not in self._held:
+            return 0
+        return 1 + sum(not turn.done() for turn in self._held[psn_no] or ())
 
 
 class _PersonHold:
-    """`async with _PersonHold(locks, psn_no, deadline) as hold:` holds the person's lock from
-    reading their totals to the durable commit. Waiting for the person's earlier calls ends at the
-    deadline (DEADLINE_EXCEEDED). A commit queued inside is put in hold.commit; on leaving, the lock
-    is released only once that commit has landed, so a call cancelled while its commit waits for the
-    writer (deadline, client gone) still commits, and the person's next call reads the totals it
-    writes."""
+    """Holds a person from reading their totals to the durable commit: `async with
+    _PersonHold(locks, psn_no, deadline) as hold:`, or, on the per-call path, `hold.enter()` (True:
+    taken at once) else `await hold.wait()`, and `hold.leave()` in a finally. Waiting for the
+    person's earlier calls ends at the deadline (DEADLINE_EXCEEDED). A commit queued inside is put
+    in hold.commit; on leaving, the person is let go only once that commit has landed (a ledger
+    commit cannot be cancelled, so a cancelled call normally leaves after it anyway), so the
+    person's next call reads the totals it writes."""
 
-    __slots__ = ("locks", "psn_no", "deadline", "lock", "commit")
+    __slots__ = ("locks", "psn_no", "deadline", "commit")
 
     def __init__(self, locks: _PersonLocks, psn_no: str, deadline: float | None):
         self.locks, self.psn_no, self.deadline = locks, psn_no, deadline
-        self.lock = self.commit = None
+        self.commit = None
+
+    def enter(self) -> bool:
+        return self.locks.try_take(self.psn_no)
+
+    async def wait(self) -> None:
+        await self.locks.take(self.psn_no, self.deadline)
+
+    def leave(self) -> None:
+        commit = self.commit
+        if commit is None or commit.done():
+            self.locks.give(self.psn_no)
+        else:
+            commit.add_done_callback(functools.partial(self.locks.give, self.psn_no))
 
     async def __aenter__(self) -> _PersonHold:
-        lock, alone = self.locks.get(self.psn_no)
-        try:
-            if self.deadline is None or alone:
-                await lock.acquire()            # alone: free, nobody queued; it does not wait
-            else:
-                # under the deadline: a lock that reads as free can still make a newcomer wait,
-                # behind an earlier call that was woken and has not run yet (that call still counts
-                # in _PersonLocks, so this one is not alone)
-                try:
-                    async with asyncio.timeout(self.deadline - asyncio.get_running_loop().time()):
-                        await lock.acquire()
-                except TimeoutError:
-                    raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                    "deadline passed while waiting for the person's earlier settlements")
-        except BaseException:
-            self.locks.put(self.psn_no)
-            raise
-        self.lock = lock
+        if not self.enter():
+            await self.wait()
         return self
 
     def check_deadline(self) -> None:
@@ -146,17 +189,7 @@ class _PersonHold:
             raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the commit")
 
     async def __aexit__(self, *exc) -> None:
-        commit = self.commit
-        if commit is None or commit.done():
-            self._release()
-        else:
-            commit.add_done_callback(self._release)
-
-    def _release(self, done=None) -> None:
-        if done is not None and not done.cancelled():
-            done.exception()                       # retrieved: the caller may be gone
-        self.lock.release()
-        self.locks.put(self.psn_no)
+        self.leave()
 
 
 def _request_hash(req: pb.SettleRequest) -> bytes:
@@ -180,8 +213,9 @@ class SettlementService(pb_grpc.SettlementServicer):
             raise CallError(grpc.StatusCode.UNAUTHENTICATED, str(err), reason="unauthenticated")
 
     async def settle(self, req: pb.SettleRequest, institution: str, mode: str,
-                     deadline: float | None) -> tuple[pb.SettlementResult, bool]:
-        """(result, replayed). Raises CallError; writes nothing unless it returns a new setl_id."""
+                     deadline: float | None, into: pb.SettlementResult) -> bool:
+        """Settle into the reply's (empty) SettlementResult; True when it is a retry's replay of the
+        first result. Raises CallError; writes nothing unless into gets a new setl_id."""
         if self.closing:
             raise CallError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
         try:
@@ -196,7 +230,7 @@ class SettlementService(pb_grpc.SettlementServicer):
                             mdtrt_id=visit["mdtrt_id"])
         visit["fixmedins_code"] = institution
         if mode == "presettle":
-            return await self._compute(req, visit, lines, institution, mode, deadline)
+            return await self._compute(req, visit, lines, institution, mode, deadline, into)
         if not req.request_id:
             raise CallError(grpc.StatusCode.INVALID_ARGUMENT, "request_id: required value is missing",
                             "request_id", reason="required value is missing",
@@ -204,51 +238,55 @@ class SettlementService(pb_grpc.SettlementServicer):
         key = (institution, req.request_id)
         digest = _request_hash(req)
         first = self._inflight.get(key)
-        if first is not None:                      # a retry racing the first attempt
-            try:
-                await asyncio.shield(first)
-            except Exception:
-                pass                               # the first failed: settle this one afresh
+        if first is not None:                      # a retry racing the first attempt: wait for it
+            done = asyncio.get_running_loop().create_future()
+            first.append(done)
+            await done                             # however the first ended
             record = self.ledger.find_request(institution, req.request_id)
             if record is not None:
-                return self._replay(record, digest), True
+                self._replay(record, digest, into)
+                return True                        # else the first failed: settle this one afresh
         # No look-up first: a retry of an earlier-committed request is caught by the journal's
-        # unique (institution, request_id) at commit and replayed then (retries are rare).
-        fut = self._inflight[key] = asyncio.get_running_loop().create_future()
+        # unique (institution, request_id) at commit and replayed then (retries are rare). The
+        # retries racing this attempt queue a future each in `waiting` (no future of its own: the
+        # common call has no retry).
+        waiting = self._inflight[key] = []
         try:
-            result = await self._compute(req, visit, lines, institution, mode, deadline, digest)
-            fut.set_result(None)
-            return result
-        except BaseException as exc:
-            fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError("cancelled"))
-            fut.exception()                        # retrieved: no "never retrieved" warning
-            raise
+            return await self._compute(req, visit, lines, institution, mode, deadline, into, digest)
         finally:
-            if self._inflight.get(key) is fut:
+            if self._inflight.get(key) is waiting:
                 del self._inflight[key]
+            for done in waiting:
+                if not done.done():
+                    done.set_result(None)
 
-    def _replay(self, record: SettlementRecord, digest: bytes) -> pb.SettlementResult:
+    def _replay(self, record: SettlementRecord, digest: bytes, into: pb.SettlementResult) -> None:
         if record.request_hash != digest:
             raise CallError(grpc.StatusCode.ALREADY_EXISTS,
                             f"request_id {record.request_id!r} was used for a different request",
                             "request_id", reason="request id reused with a different request",
                             value=record.request_id, mdtrt_id=record.mdtrt_id)
-        return self._stored_pb(record)
+        self._stored_pb(record, into)
 
-    def _stored_pb(self, record: SettlementRecord) -> pb.SettlementResult:
-        return convert.decode_stored(record.result, record.setl_id, record.reversed_by)
+    def _stored_pb(self, record: SettlementRecord, into: pb.SettlementResult) -> None:
+        convert.decode_stored(record.result, record.setl_id, record.reversed_by, into)
 
-    async def _compute(self, req, visit, lines, institution, mode, deadline, digest=b""):
+    async def _compute(self, req, visit, lines, institution, mode, deadline, into, digest=b""):
         try:
             psn_no, insutype, year = self.settler.acc_key(visit)
         except InputError as err:
             raise CallError.from_input(err, visit["mdtrt_id"])
-        async with _PersonHold(self._locks, psn_no, deadline) as hold:
+        hold = _PersonHold(self._locks, psn_no, deadline)
+        if not hold.enter():                       # alone, the common case: no await
+            await hold.wait()
+        try:
             return await self._settle_locked(req, visit, lines, institution, mode, digest,
-                                             (psn_no, insutype, year), hold)
+                                             (psn_no, insutype, year), hold, into)
+        finally:
+            hold.leave()
 
     async def _settle_locked(self, req, visit, lines, institution, mode, digest, key,
-                             hold: _PersonHold):
+                             hold: _PersonHold, into: pb.SettlementResult) -> bool:
         state = self.ledger.read_state(*key)
         opening = None
         if state.balance is not None:
@@ -262,8 +300,9 @@ class SettlementService(pb_grpc.SettlementServicer):
             raise CallError.from_input(err, visit["mdtrt_id"])
         setl_time = req.visit.setl_time
         if mode == "presettle":
-            return convert.result_to_pb(one, request_id=req.request_id, institution=institution,
-                                        setl_time=setl_time), False
+            convert.result_to_pb(one, into, request_id=req.request_id, institution=institution,
+                                 setl_time=setl_time)
+            return False
         if one.status == "REFUSED":
             raise CallError(grpc.StatusCode.FAILED_PRECONDITION,
                             f"visit {one.mdtrt_id}: inj_cause: a pending injury cause cannot be "
@@ -273,27 +312,29 @@ class SettlementService(pb_grpc.SettlementServicer):
         hold.check_deadline()
         before = state.acc
         delta = [int(one.acc_after.get(name, 0)) - int(before.get(name, 0)) for name in ACC_COLS]
-        result = convert.result_to_pb(one, request_id=req.request_id, institution=institution,
-                                      setl_time=setl_time)
+        convert.result_to_pb(one, into, request_id=req.request_id, institution=institution,
+                             setl_time=setl_time)
         record = SettlementRecord(
             institution=institution, request_id=req.request_id, request_hash=digest,
             mdtrt_id=one.mdtrt_id, psn_no=key[0], insutype=key[1], year=key[2], status=one.status,
-            result=convert.encode_stored(result), acc_delta=delta,
+            result=convert.encode_stored(into), acc_delta=delta,
             balance_delta=int(one.balance_after) - int(balance), opening_balance=opening)
         try:
             hold.commit = self.ledger.commit_settlement(record)
-            setl_id = await asyncio.shield(hold.commit)
+            setl_id = await hold.commit           # not cancellable: a cancelled call waits for it
         except LedgerConflict as err:
             first = self.ledger.find_request(institution, req.request_id)
             if err.reason == "duplicate_request" and first is not None:
-                return self._replay(first, digest), True
+                into.Clear()
+                self._replay(first, digest, into)
+                return True
             raise CallError(grpc.StatusCode.ALREADY_EXISTS, str(err), "request_id", reason=err.reason,
                             value=req.request_id)
         except Exception as err:
             log.exception("ledger commit failed")
             raise CallError(grpc.StatusCode.UNAVAILABLE, f"ledger commit failed: {err}")
-        result.setl_id = str(setl_id)
-        return result, False
+        into.setl_id = str(setl_id)
+        return False
 
     def _own_record(self, institution, setl_id: str, request_id: str) -> SettlementRecord:
         if setl_id:
@@ -333,17 +374,20 @@ class SettlementService(pb_grpc.SettlementServicer):
         return None if remaining is None else asyncio.get_running_loop().time() + remaining
 
     async def PreSettle(self, request, context):
-        async def body(institution):
-            result, _ = await self.settle(request, institution, "presettle", self._deadline(context))
-            return pb.SettleReply(settlement=result)
-        return await self._unary(context, body)
+        return await self._settle_call(request, context, "presettle")
 
     async def Settle(self, request, context):
-        async def body(institution):
-            result, replayed = await self.settle(request, institution, "settle",
-                                                 self._deadline(context))
-            return pb.SettleReply(settlement=result, replayed=replayed)
-        return await self._unary(context, body)
+        return await self._settle_call(request, context, "settle")
+
+    async def _settle_call(self, request, context, mode):
+        # written out rather than through _unary: the busiest call, one coroutine fewer
+        try:
+            reply = pb.SettleReply()               # the result is built in place: no copy into it
+            reply.replayed = await self.settle(request, self.institution(context), mode,
+                                               self._deadline(context), reply.settlement)
+            return reply
+        except CallError as err:
+            await err.abort(context)
 
     async def Reverse(self, request, context):
         async def body(institution):
@@ -357,14 +401,16 @@ class SettlementService(pb_grpc.SettlementServicer):
             async with _PersonHold(self._locks, record.psn_no, self._deadline(context)) as hold:
                 reversal_id = await self._reverse_locked(record, institution, hold)
             record.reversed_by = reversal_id
-            return pb.ReverseReply(settlement=self._stored_pb(record), reversal_id=str(reversal_id))
+            reply = pb.ReverseReply(reversal_id=str(reversal_id))
+            self._stored_pb(record, reply.settlement)
+            return reply
         return await self._unary(context, body)
 
     async def _reverse_locked(self, record: SettlementRecord, institution: str, hold: _PersonHold) -> int:
         hold.check_deadline()
         try:
             hold.commit = self.ledger.commit_reversal(record.setl_id, institution)
-            return await asyncio.shield(hold.commit)
+            return await hold.commit               # not cancellable, as a settlement's
         except LedgerConflict as err:
             code = {"already_reversed": grpc.StatusCode.FAILED_PRECONDITION,
                     "other_institution": grpc.StatusCode.PERMISSION_DENIED,
@@ -379,7 +425,9 @@ class SettlementService(pb_grpc.SettlementServicer):
     async def GetSettlement(self, request, context):
         async def body(institution):
             record = self._own_record(institution, request.setl_id, request.request_id)
-            return pb.SettleReply(settlement=self._stored_pb(record))
+            reply = pb.SettleReply()
+            self._stored_pb(record, reply.settlement)
+            return reply
         return await self._unary(context, body)
 
     async def GetAccumulators(self, request, context):
@@ -407,9 +455,9 @@ class SettlementService(pb_grpc.SettlementServicer):
 
         async def one(req):
             try:
-                result, replayed = await self.settle(req, institution, "settle", deadline)
-                reply = pb.SettleStreamReply(request_id=req.request_id, settlement=result,
-                                             replayed=replayed)
+                reply = pb.SettleStreamReply(request_id=req.request_id)
+                reply.replayed = await self.settle(req, institution, "settle", deadline,
+                                                   reply.settlement)
             except CallError as err:
                 reply = pb.SettleStreamReply(request_id=req.request_id, error=err.stream_error())
             except Exception as err:               # never lose the stream on one request

@@ -50,6 +50,21 @@ def test_fen_text_is_fen():
     assert fen(123_456_789) == "1,234,567.89" and fen(-100_000) == "-1,000.00"
 
 
+def test_fen_over_int64_and_integer_types():
+    """fen is written in C (kernel/_text): the whole int64 range, by Python's own grouping format,
+    and numpy integers as Python ints."""
+    def spec(v):
+        return ("-" if v < 0 else "") + f"{abs(v) // 100:,}.{abs(v) % 100:02d}"
+    edges = [2**63 - 1, -2**63, -2**63 + 1, 10**18, -(10**18), 999, 1000, 100_000, 99_999_999]
+    rng = np.random.default_rng(7)
+    randoms = [int(x) for x in rng.integers(-2**63, 2**63 - 1, size=2000, dtype=np.int64)]
+    for v in edges + randoms + [int(x) for x in rng.integers(-10**7, 10**7, size=2000)]:
+        assert fen(v) == spec(v), v
+    assert fen(np.int64(-123_456)) == "-1,234.56" and fen(np.int32(5)) == "0.05"
+    with pytest.raises(OverflowError):
+        fen(2**63)
+
+
 def test_examples_a_and_b_each_fund_works_on_its_own_base(rural):
     """A: in scope 53,500 - deductible 300 = 53,200 eligible, basic 85% = 45,220; in-scope self-pay
     53,500 - 45,220 = 8,280, serious illness 50% = 4,140. B (same person): 80,000 - 800 = 79,200

@@ -346,3 +346,42 @@ def test_a_batch_longer_than_a_statement_journals_as_one_by_one(tmp_path):
     with_ledger(str(tmp_path / "a.db"), one_by_one)
     with_ledger(str(tmp_path / "b.db"), batched)
     assert _tables(str(tmp_path / "a.db")) == _tables(str(tmp_path / "b.db"))
+
+
+def test_a_commit_cannot_be_cancelled(tmp_path):
+    """A task cancelled while it awaits its commit (a deadline, a client gone) keeps waiting: the
+    commit lands, and only then does the task receive its CancelledError. The service relies on it
+    to hold the person until the totals it read are written."""
+    path = str(tmp_path / "ledger.db")
+    gate = threading.Event()
+
+    class Gated(SqliteLedger):
+        def _commit_batch(self, conn, batch):
+            gate.wait(30)
+            return super()._commit_batch(conn, batch)
+
+    async def run():
+        ledger = Gated(path)
+        try:
+            commit = ledger.commit_settlement(record(1, "P1", acc_delta=[7] * N))
+            assert not commit.cancel()                 # refused outright
+
+            async def caller():
+                return await commit
+            task = asyncio.create_task(caller())
+            await asyncio.sleep(0.05)                  # the caller awaits the gated commit
+            task.cancel()
+            await asyncio.sleep(0.2)
+            waited = not task.done() and not commit.done()
+            gate.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return waited, commit.result(), cached_state(ledger, ("P1", "rural", 2013))
+        finally:
+            gate.set()
+            ledger.close()
+
+    waited, setl_id, state = asyncio.run(run())
+    assert waited and setl_id == 1
+    assert state == ({name: 7 for name in ACC_COLS}, None)
+    assert db_state(path, ("P1", "rural", 2013)) == ({name: 7 for name in ACC_COLS}, None)

@@ -299,19 +299,15 @@ def _past_deadline_while_p1_is_held(srv, call):
     service = srv.running.service
 
     async def hold():
-        lock, _ = service._locks.get("P1")
-        await lock.acquire()
-        return lock
+        return service._locks.try_take("P1")
 
-    async def release(lock):
-        lock.release()
-        service._locks.put("P1")
+    async def release():
+        service._locks.give("P1")
 
-    async def waiting():                   # calls holding or waiting for P1's lock
-        entry = service._locks._locks.get("P1")
-        return entry[1] if entry else 0
+    async def waiting():                   # calls holding or waiting for P1
+        return service._locks.holders("P1")
 
-    lock = srv._run(hold())
+    assert srv._run(hold())
     try:
         with pytest.raises(MedsettleError) as e:
             call()
@@ -323,7 +319,7 @@ def _past_deadline_while_p1_is_held(srv, call):
             assert time.monotonic() < give_up, "the server kept waiting past the call's deadline"
             time.sleep(0.01)
     finally:
-        srv._run(release(lock))
+        srv._run(release())
 
 
 def test_expired_deadline_writes_nothing(srv, h1):
@@ -343,8 +339,9 @@ def test_expired_deadline_writes_nothing(srv, h1):
 
 
 def test_person_hold_ends_at_the_deadline_behind_a_woken_waiter():
-    """A releases the person's lock while B waits for it; C arrives before B has run. The lock reads
-    as free, yet C queues behind B: C must still give up at its own deadline, not when B is done."""
+    """A lets go of the person while B waits for it; C arrives before B has run. B holds the person
+    from the hand-over on, so C queues behind B and must give up at its own deadline, not when B is
+    done."""
     from server.server import CallError, _PersonHold, _PersonLocks
 
     async def scenario():
@@ -358,27 +355,25 @@ def test_person_hold_ends_at_the_deadline_behind_a_woken_waiter():
                 await asyncio.sleep(1.0)
         waiting = asyncio.create_task(b())
         await asyncio.sleep(0)                      # B waits for the lock
-        await a.__aexit__(None, None, None)         # released: B is woken, has not run yet
-        lock, alone = locks.get("P1")
-        assert not lock.locked() and not alone      # free, yet B still counts
-        locks.put("P1")
+        await a.__aexit__(None, None, None)         # handed to B, which has not run yet
+        assert not locks.try_take("P1") and locks.holders("P1") == 1
         started = loop.time()
         with pytest.raises(CallError) as e:
             async with _PersonHold(locks, "P1", started + 0.1):
                 pass
         gave_up = loop.time() - started
         await waiting
-        return e.value.code, gave_up, locks._locks
+        return e.value.code, gave_up, locks._held
 
     code, gave_up, left = asyncio.run(scenario())
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert gave_up < 0.9                            # at its deadline, not after B's second
-    assert left == {}                               # every hold let go of the person's entry
+    assert left == {}                               # every hold let go of the person
 
 
 def test_a_lone_person_hold_takes_the_lock_without_a_timer():
-    """Alone (no other call holds or waits for the person), a hold with a deadline acquires at once
-    and schedules no timer; with a second call in the way it waits under its deadline."""
+    """Alone (no other call holds or waits for the person), a hold with a deadline takes the person
+    at once and schedules no timer; with a second call in the way it waits under its deadline."""
     from server.server import _PersonHold, _PersonLocks
 
     async def scenario():
@@ -386,7 +381,7 @@ def test_a_lone_person_hold_takes_the_lock_without_a_timer():
         locks = _PersonLocks()
         timers = len(loop._scheduled)
         async with _PersonHold(locks, "P1", loop.time() + 5) as hold:
-            assert hold.lock.locked()
+            assert not locks.try_take("P1") and locks.holders("P1") == 1
             lone_timers = len(loop._scheduled) - timers
             seen = []
 
@@ -398,10 +393,35 @@ def test_a_lone_person_hold_takes_the_lock_without_a_timer():
             waiting_timers = len(loop._scheduled) - timers
             assert not seen
         await task
-        return lone_timers, waiting_timers, seen, locks._locks
+        return lone_timers, waiting_timers, seen, locks._held
 
     lone, waiting, seen, left = asyncio.run(scenario())
     assert (lone, waiting, seen, left) == (0, 1, ["second"], {})
+
+
+def test_a_person_handed_over_as_its_waiter_is_cancelled_passes_on():
+    """B is handed the person and cancelled before it runs (its deadline, its client gone): B never
+    settles, and the person passes to C, the next in line, instead of staying held by nobody."""
+    from server.server import _PersonLocks
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        locks = _PersonLocks()
+        assert locks.try_take("P1")                 # A holds the person
+        b = asyncio.create_task(locks.take("P1", loop.time() + 5))
+        c = asyncio.create_task(locks.take("P1", None))
+        await asyncio.sleep(0)                      # B, then C, wait in line
+        assert locks.holders("P1") == 3
+        locks.give("P1")                            # A is done: B's turn ...
+        b.cancel()                                  # ... but B is cancelled before it runs
+        with pytest.raises(asyncio.CancelledError):
+            await b
+        await asyncio.wait_for(c, 5)                # C holds the person now
+        held_by_c = locks.holders("P1")
+        locks.give("P1")
+        return held_by_c, locks._held
+
+    assert asyncio.run(scenario()) == (1, {})
 
 
 class GatedLedger(SqliteLedger):
