@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import _pool
-from .compile import NO_DATE, age_in_years, as_days
+from .compile import NO_DATE, as_days
 from .errors import InputError
 from .layout import ITEM_COLS
 from .policy import ADMDVS
@@ -936,9 +936,11 @@ class OneVisitAdapter:
             raise InputError(_GOVERNING_FIELD[kind],
                              f"no policy version of scheme {pack.schemes[scheme].code} in force on this date",
                              str(np.datetime64(gov, "D")), row=1, source=source)
+        on = dt.date.fromordinal(self.epoch_ordinal + gov)     # no timedelta, no numpy per call
         age = -1
-        if dates["brdy"] is not None:
-            age = int(age_in_years(np.array([dates["brdy"][0]]), np.array([gov]))[0])
+        if dates["brdy"] is not None:                 # age_in_years of one visit, in whole years
+            born = dates["brdy"][1]
+            age = on.year - born.year - ((on.month, on.day) < (born.month, born.day))
         diag = strings["dise_codg"]
         group = self.groups.get((diag, age))
         if group is None:
@@ -961,7 +963,7 @@ class OneVisitAdapter:
                                  f"total is not the sum of the lines ({item[_I['I_MEDFEE']]})",
                                  declared, row=1, mdtrt_id=strings["mdtrt_id"], source=source)
         rule = (version * cp.n_med_types + med_type) * cp.n_levels + level
-        year = dt.date.fromordinal(self.epoch_ordinal + gov).year      # no timedelta per call
+        year = on.year
         referral = 1 if visit.get("refl_flag") or (strings["psn_fst_medins_code"] is not None and
                                                    strings["psn_fst_medins_code"] == strings["fixmedins_code"]) else 0
         inputs = OneVisit(rule, group, cats, cause, out_area, referral, bed_days,

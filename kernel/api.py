@@ -59,6 +59,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import _pool, layout
+from ._chain import settle_one as _settle_one
 from .adapter import (_GOVERNING_FIELD, OneVisitAdapter, Prepared, VisitBatch, empty_large, prepare_for_pack,
                       prepare_visits)
 from .catalogue import Catalogue, load_catalogue
@@ -69,6 +70,11 @@ from .errors import InputError
 from .policy import Pack
 
 _STATUS_NAMES = {v: k for k, v in layout.STATUS.items()}
+# a real-time result's reason by status (EXCLUDED: the excluded cause, written per visit)
+_EXCLUDED = layout.STATUS["EXCLUDED"]
+_REASONS = {layout.STATUS["REFUSED"]: "pending_cause", layout.STATUS["PROVISIONAL"]: "pending_cause",
+            layout.STATUS["NOT_COVERED"]: "not_covered"}
+_N_ACC = len(ACC_COLS)
 _MODES = {"settle": layout.MODE_SETTLE, "presettle": layout.MODE_PRESETTLE}
 
 # The batch path's large numpy blocks are kept mapped between calls (kernel/_pool: first touch of
@@ -477,26 +483,21 @@ class Settler:
         The same kernel as settle_table, on a batch of one; only the conversion differs (plain
         Python values instead of Arrow columns, with the same checks and the same messages).
         """
-        from ._chain import settle_one
-
         one, item, version, year = self._one.prepare(visit, lines, int(balance))
         cp = self.compiled
-        out, code, flags, acc_after, balance_after = settle_one(
-            cp.rules, cp.diseases, cp.bands, cp.n_groups, item, *one,
-            [int((acc or {}).get(name, 0)) for name in layout.ACC_COLS], int(balance), _MODES[mode])
-        amounts = dict(zip(layout.OUT_COLS, out))
-        label = self._labels[version]
-        reason = ""
-        if code == layout.STATUS["EXCLUDED"]:
+        before = [0] * _N_ACC if not acc else [int(acc.get(name, 0)) for name in ACC_COLS]
+        out, code, flags, acc_after, balance_after = _settle_one(
+            cp.rules, cp.diseases, cp.bands, cp.n_groups, item, *one, before, int(balance),
+            _MODES[mode])
+        amounts = dict(zip(OUT_COLS, out))
+        reason = _REASONS.get(code, "")
+        if code == _EXCLUDED:
             reason = f"excluded_cause:{self.pack.injury_causes[one.cause]}"
-        elif code in (layout.STATUS["REFUSED"], layout.STATUS["PROVISIONAL"]):
-            reason = "pending_cause"
-        elif code == layout.STATUS["NOT_COVERED"]:
-            reason = "not_covered"
         return OneResult(
             mdtrt_id=visit["mdtrt_id"], psn_no=visit["psn_no"], insutype=visit["insutype"], year=year,
-            status=_STATUS_NAMES[code], reason=reason, policy_version=label, amounts=amounts,
-            flags=flags, acc_after=dict(zip(layout.ACC_COLS, acc_after)), balance_after=balance_after,
+            status=_STATUS_NAMES[code], reason=reason, policy_version=self._labels[version],
+            amounts=amounts, flags=flags, acc_after=dict(zip(ACC_COLS, acc_after)),
+            balance_after=balance_after,
             setldetail=[SetlDetail(*row) for row in self._detail.rows_of_one(
                 amounts, code, flags, one.rule, one.group, one.cats, one.cause, one.out_area,
                 item[_INSCP_ESS])])

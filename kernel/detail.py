@@ -55,6 +55,12 @@ _HIFP_FLAGS = sum(map(_bit, ("F_DED_WAIVED", "F_DED_NTH", "F_DED_ONCE", "F_ESS_U
                              "F_OVERRIDE", "F_OUT_AREA", "F_NO_REFERRAL", "F_DENIED", "F_BANDED",
                              "F_QUOTA", "F_BEDDAY", "F_HIFP_CAPPED", "F_GM_TOPUP")))
 _AFTER_TOPUP = _bit("F_BANDED") | _bit("F_GM_TOPUP")     # both: later bases include the top-up
+# what _values reads, looked up once (it runs per real-time call)
+_QUOTA_FLAGS = _bit("F_QUOTA") | _bit("F_BEDDAY")
+_GM_TOPUP, _HIFP_CAPPED = _bit("F_GM_TOPUP"), _bit("F_HIFP_CAPPED")
+_R_ESS_UPLIFT, _R_MI_BASE, _R_OB_RATIO, _R_MI_FORM, _R_CVL_CATS, _R_MAF_CATS = (
+    _C[name] for name in ("R_ESS_UPLIFT", "R_MI_BASE", "R_OB_RATIO", "R_MI_FORM", "R_CVL_CATS",
+                          "R_MAF_CATS"))
 _FUND_FLAGS = {"hifp": _HIFP_FLAGS,
                "hifob": _bit("F_HIFP_CAPPED") | _bit("F_HIFOB") | _bit("F_HIFOB_CAPPED"),
                "hifmi": _bit("F_MI_TRIGGERED") | _bit("F_MI_CAPPED") | _bit("F_MI_EFFECTIVE") | _AFTER_TOPUP,
@@ -216,26 +222,26 @@ class DetailBuilder:
         # payment cannot be told from its top-up and stays as paid (the texts say so)
         ded_non = xp.minimum(ded, inscp - inscp_ess)           # the deductible eats non-essential first
         elig_ess = inscp_ess - (ded - ded_non)
-        uplift = xp.rules(R, rule, _C["R_ESS_UPLIFT"])
-        quota = (flags & (_bit("F_QUOTA") | _bit("F_BEDDAY"))) != 0
+        uplift = xp.rules(R, rule, _R_ESS_UPLIFT)
+        quota = (flags & _QUOTA_FLAGS) != 0
         raw = xp.where(quota, eligible * ratio,
                        (eligible - elig_ess) * ratio
                        + elig_ess * xp.maximum(0, xp.minimum(10000, ratio + uplift)))   # as the chain clamps
         recomputed = (raw + 5000) // 10000
         recomputed = xp.where(cap_left >= 0, xp.minimum(recomputed, xp.maximum(cap_left, 0)), recomputed)
-        before_topup = xp.where((flags & _AFTER_TOPUP) == _bit("F_GM_TOPUP"), recomputed, hifp)
-        capped = ((flags & _bit("F_HIFP_CAPPED")) != 0) & (ratio > 0) & settled
+        before_topup = xp.where((flags & _AFTER_TOPUP) == _GM_TOPUP, recomputed, hifp)
+        capped = ((flags & _HIFP_CAPPED) != 0) & (ratio > 0) & settled
         # the eligible cost the basic fund covered at its cap: round_half_up(cap_left * 10000 / r)
         covered = (xp.maximum(cap_left, 0) * 10000 + ratio // 2) // xp.maximum(ratio, 1)
         overflow = xp.where(capped, xp.maximum(0, eligible - covered), 0)
         scope_self = xp.where(settled, inscp - hosp - before_topup - hifob, 0)
         all_self = xp.where(settled, col["medfee_sumamt"] - hosp - before_topup - hifob, 0)
-        mi_base = xp.where(xp.rules(R, rule, _C["R_MI_BASE"]) == 0, scope_self, all_self)
+        mi_base = xp.where(xp.rules(R, rule, _R_MI_BASE) == 0, scope_self, all_self)
         applies = {"hifp": settled | True,                      # every visit has a basic-fund row
-                   "hifob": xp.rules(R, rule, _C["R_OB_RATIO"]) > 0,
-                   "hifmi": xp.rules(R, rule, _C["R_MI_FORM"]) > 0,
-                   "cvlserv": (cats & xp.rules(R, rule, _C["R_CVL_CATS"])) != 0,
-                   "maf": (cats & xp.rules(R, rule, _C["R_MAF_CATS"])) != 0}
+                   "hifob": xp.rules(R, rule, _R_OB_RATIO) > 0,
+                   "hifmi": xp.rules(R, rule, _R_MI_FORM) > 0,
+                   "cvlserv": (cats & xp.rules(R, rule, _R_CVL_CATS)) != 0,
+                   "maf": (cats & xp.rules(R, rule, _R_MAF_CATS)) != 0}
         bases = {"hifp": eligible, "hifob": overflow, "hifmi": mi_base,
                  "cvlserv": xp.maximum(0, scope_self - hifmi), "maf": xp.maximum(0, scope_self - hifmi - cvl)}
         values = {}
