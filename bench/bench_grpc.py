@@ -1,13 +1,15 @@
 """Real-time benchmark: medsettle's committed Settle against a bare grpcio echo, in one run.
 
-    python bench/bench_grpc.py --json bench-grpc.json     # about 100 s; prints the table, writes JSON
-    python bench/bench_grpc.py --seconds 0.3 --rounds 1   # a check that it runs, ~10 s
+    python bench/bench_grpc.py --json bench-grpc.json     # about 115 s; prints the table, writes JSON
+    python bench/bench_grpc.py --seconds 0.3 --rounds 1   # a check that it runs, ~12 s
 
 Client and servers on 127.0.0.1, each server in its own subprocess, same messages (bench/echo.proto):
-  - unary calls/s at 64 in flight: echo vs Settle (target: Settle >= 70% of echo), and a second
-    peer between them: the echo that also journals each call in the ledger, durably, before it
-    replies (no kernel, no conversion): what the gRPC stack plus a durable commit leave
-    medsettle's own per-call work
+  - unary calls/s at 64 in flight: echo vs Settle (target: Settle >= 70% of echo), and two peers
+    between them: the echo that also journals each call in the ledger, durably, before it replies
+    (no kernel, no conversion): what the gRPC stack plus a durable commit leave medsettle's own
+    per-call work; and Settle without the kernel (the request's conversion, its hash, the person
+    read, the result protobuf of a result settled at start, the commit): what is left for the
+    kernel, its fund texts, the caller's token and the per-person serialization
   - streamed messages/s at 64 in flight: echo vs SettleStream (target >= 70%)
   - Settle latency p50/p99 at a fixed 300 settlements/s (target p99 < 10 ms)
   - the server's own work per settlement, kernel plus its ledger share (the person read and its
@@ -135,7 +137,39 @@ async def serve_echo_commit(port: int, ledger: str):
             institution="H001", request_id=f"echo-{next(seq)}", request_hash=b"", mdtrt_id=visit.mdtrt_id,
             psn_no=visit.psn_no, insutype=visit.insutype, year=2013, status="OK", result=blob,
             acc_delta=[1] * len(ACC_COLS), balance_delta=0, opening_balance=None)
-        await asyncio.shield(ledger.commit_settlement(record))
+        await ledger.commit_settlement(record)      # a Commit: not cancellable, as in Settle
+        return reply
+
+    await _serve_echo_service(port, unary)
+
+
+async def serve_floor(port: int, ledger: str):
+    """Settle with its protocol work and its commit but no kernel: the request converted to the
+    kernel's dict, its hash, the person's totals read, the result protobuf built (from one result
+    settled at start, so no kernel and no fund texts per call), journaled durably, replied. What
+    Python protobuf handling and the ledger alone leave of the echo's throughput."""
+    from kernel.api import Settler
+    from server import convert
+    from server.ledger import SettlementRecord, SqliteLedger
+    from server.server import _request_hash
+    visit, lines = convert.request_to_kernel(visit_request(0, "floor"))
+    one = Settler.from_files().settle_one(visit, lines, {}, 0, "settle")
+    ledger = SqliteLedger(ledger)
+    delta = [1] * len(one.acc_after)
+
+    async def unary(request, context):
+        visit, _ = convert.request_to_kernel(request)
+        digest = _request_hash(request)
+        ledger.read_state(visit["psn_no"], visit["insutype"], 2013)
+        reply = pb.SettleReply()
+        result = convert.result_to_pb(one, reply.settlement, request_id=request.request_id,
+                                      institution="H001", setl_time=request.visit.setl_time)
+        record = SettlementRecord(
+            institution="H001", request_id=request.request_id, request_hash=digest,
+            mdtrt_id=visit["mdtrt_id"], psn_no=visit["psn_no"], insutype=visit["insutype"], year=2013,
+            status="OK", result=convert.encode_stored(result), acc_delta=delta, balance_delta=0,
+            opening_balance=None)
+        result.setl_id = str(await ledger.commit_settlement(record))
         return reply
 
     await _serve_echo_service(port, unary)
@@ -261,38 +295,44 @@ async def timed(server: Spawned, load) -> tuple[int, float, float]:
 
 
 async def measure_remote(seconds: float, rounds: int, ledger_dir: str) -> dict:
-    """Alternating rounds against the three servers; sums per side, ratios of the sums."""
+    """Alternating rounds against the four servers; sums per side, ratios of the sums."""
     servers = []
     try:
-        for role, ledger in (("echo", ""), ("echo-commit", "echo-commit.db"), ("medsettle", "ledger.db")):
+        for role, ledger in (("echo", ""), ("echo-commit", "echo-commit.db"), ("floor", "floor.db"),
+                             ("medsettle", "ledger.db")):
             servers.append(Spawned(role, str(Path(ledger_dir) / ledger) if ledger else ""))
     except BaseException:
         for server in servers:
             server.close()
         raise
-    echo, committing, med = servers
-    sums = {k: [0, 0.0, 0.0] for k in ("echo_unary", "echo_commit_unary", "settle_unary",
-                                        "echo_stream", "settle_stream")}
+    echo, committing, floor, med = servers
+    sums = {k: [0, 0.0, 0.0] for k in ("echo_unary", "echo_commit_unary", "floor_unary",
+                                        "settle_unary", "echo_stream", "settle_stream")}
     per_round = []
     try:
         async with grpc.aio.insecure_channel(f"{HOST}:{echo.port}") as ech, \
                 grpc.aio.insecure_channel(f"{HOST}:{committing.port}") as cch, \
+                grpc.aio.insecure_channel(f"{HOST}:{floor.port}") as fch, \
                 grpc.aio.insecure_channel(f"{HOST}:{med.port}") as mch:
             e_unary = ech.unary_unary("/bench.Echo/Unary", pb.SettleRequest.SerializeToString,
                                       pb.SettleReply.FromString)
             c_unary = cch.unary_unary("/bench.Echo/Unary", pb.SettleRequest.SerializeToString,
+                                      pb.SettleReply.FromString)
+            f_unary = fch.unary_unary("/bench.Echo/Unary", pb.SettleRequest.SerializeToString,
                                       pb.SettleReply.FromString)
             e_stream = ech.stream_stream("/bench.Echo/Stream", pb.SettleRequest.SerializeToString,
                                          pb.SettleReply.FromString)
             stub = pb_grpc.SettlementStub(mch)
             await unary_load(e_unary, 1.0, "warm-e")
             await unary_load(c_unary, 1.0, "warm-c")
+            await unary_load(f_unary, 1.0, "warm-f")
             await unary_load(stub.Settle, 1.0, "warm-s")
             for r in range(rounds):
                 this = {}
                 for name, server, load in (
                         ("echo_unary", echo, lambda: unary_load(e_unary, seconds, "e")),
                         ("echo_commit_unary", committing, lambda: unary_load(c_unary, seconds, "c")),
+                        ("floor_unary", floor, lambda: unary_load(f_unary, seconds, "f")),
                         ("settle_unary", med, lambda: unary_load(stub.Settle, seconds, "u")),
                         ("echo_stream", echo, lambda: stream_load(e_stream, seconds, "es")),
                         ("settle_stream", med, lambda: stream_load(stub.SettleStream, seconds, "s"))):
@@ -312,6 +352,7 @@ async def measure_remote(seconds: float, rounds: int, ledger_dir: str) -> dict:
     out.update({f"{name}_server_cpu_us": cpu / n * 1e6 for name, (n, wall, cpu) in sums.items()})
     out["unary_ratio"] = out["settle_unary"] / out["echo_unary"]
     out["echo_commit_ratio"] = out["echo_commit_unary"] / out["echo_unary"]
+    out["floor_ratio"] = out["floor_unary"] / out["echo_unary"]
     out["stream_ratio"] = out["settle_stream"] / out["echo_stream"]
     out["rounds"] = per_round
     out["p50_ms_at_300"], out["p99_ms_at_300"] = pct(lat, 0.50) * 1e3, pct(lat, 0.99) * 1e3
@@ -395,6 +436,9 @@ def report(r: dict) -> str:
              row("unary echo, bare grpcio (64 in flight)", f"{r['echo_unary']:,.0f} calls/s", "peer"),
              row("unary echo that also commits each call to the ledger, no kernel (64 in flight)",
                  f"{r['echo_commit_unary']:,.0f} calls/s", "peer", f"{r['echo_commit_ratio']:.0%} of echo"),
+             row("unary Settle without the kernel: request conversion, hash, person read, result "
+                 "protobuf, commit (64 in flight)", f"{r['floor_unary']:,.0f} calls/s", "peer",
+                 f"{r['floor_ratio']:.0%} of echo"),
              row("unary Settle, committed (64 in flight)", f"{r['settle_unary']:,.0f} calls/s",
                  ">= 70% of echo", f"{r['unary_ratio']:.0%}", met("unary_ratio", r["unary_ratio"])),
              row("streamed echo (64 in flight)", f"{r['echo_stream']:,.0f} msgs/s", "peer"),
@@ -414,9 +458,10 @@ def report(r: dict) -> str:
                  f"{r['mean_group_commit']:.1f} settlements per fsync", f"{r['commit_share_us']:.0f} us"),
              row("in-process CPU per settlement, all of it (+ conversion, locks, protobuf)",
                  f"{r['inprocess_cpu_us']:.0f} us"),
-             row("server process CPU per unary call (gRPC stack included): echo / echo + commit / Settle",
+             row("server process CPU per unary call (gRPC stack included): echo / echo + commit / "
+                 "no kernel / Settle",
                  f"{r['echo_unary_server_cpu_us']:.0f} / {r['echo_commit_unary_server_cpu_us']:.0f} / "
-                 f"{r['settle_unary_server_cpu_us']:.0f} us"),
+                 f"{r['floor_unary_server_cpu_us']:.0f} / {r['settle_unary_server_cpu_us']:.0f} us"),
              row("server process CPU per streamed message: echo / SettleStream",
                  f"{r['echo_stream_server_cpu_us']:.0f} / {r['settle_stream_server_cpu_us']:.0f} us")]
     return "\n".join(lines)
@@ -424,7 +469,8 @@ def report(r: dict) -> str:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--role", choices=["bench", "echo", "echo-commit", "medsettle"], default="bench")
+    ap.add_argument("--role", choices=["bench", "echo", "echo-commit", "floor", "medsettle"],
+                    default="bench")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--ledger", default="")
     ap.add_argument("--seconds", type=float, default=3.0, help="length of one load phase")
@@ -437,6 +483,9 @@ def main():
         return
     if args.role == "echo-commit":
         asyncio.run(serve_echo_commit(args.port, args.ledger))
+        return
+    if args.role == "floor":
+        asyncio.run(serve_floor(args.port, args.ledger))
         return
     if args.role == "medsettle":
         asyncio.run(serve_medsettle(args.port, args.ledger))

@@ -310,8 +310,9 @@ class SettlementService(pb_grpc.SettlementServicer):
                             "inj_cause", reason="pending injury cause", value=visit.get("inj_cause"),
                             mdtrt_id=one.mdtrt_id)
         hold.check_deadline()
-        before = state.acc
-        delta = [int(one.acc_after.get(name, 0)) - int(before.get(name, 0)) for name in ACC_COLS]
+        before, after = state.acc, one.acc_after           # after: every ACC_COLS name, in order
+        delta = ([after[name] - before.get(name, 0) for name in ACC_COLS] if before
+                 else list(after.values()))
         convert.result_to_pb(one, into, request_id=req.request_id, institution=institution,
                              setl_time=setl_time)
         record = SettlementRecord(
