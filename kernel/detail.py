@@ -9,8 +9,8 @@ Everything is derived from the kernel's outputs (layout.OUT_COLS, status, flags)
 kernel inputs (rule, disease group, categories, injury cause, essential-drug amount) and the
 compiled tables. A batch is done with numpy and pyarrow.compute; Python runs once per distinct
 combination of rule, group, flags and categories (a template of text with amount slots), never
-per visit. One visit (the real-time path) fills the same templates with plain string formatting,
-so its rows are those of the batch (tests/test_detail.py proves it).
+per visit. One visit (the real-time path) fills the same templates, its amounts written in C
+(kernel._text), so its rows are those of the batch (tests/test_detail.py proves it).
 """
 from __future__ import annotations
 
