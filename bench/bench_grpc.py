@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import itertools
 import json
 import os
@@ -50,6 +51,7 @@ IN_FLIGHT = 64
 PERSONS = 20000
 MAX_RATE = 20_000              # request cap per second of a phase: every phase is bounded in count
 FIXED_RATE = 300
+LINES = 10                     # line items of the in-process measure's second set of visits
 _seq = itertools.count()
 
 TARGETS = {                    # measure -> (comparison, target)
@@ -60,15 +62,30 @@ TARGETS = {                    # measure -> (comparison, target)
 }
 
 
-def visit_request(i: int, tag: str) -> pb.SettleRequest:
-    """A county inpatient visit with precomputed amounts, one of PERSONS people."""
+def visit_request(i: int, tag: str, lines: int = 0) -> pb.SettleRequest:
+    """A county inpatient visit of one of PERSONS people: precomputed amounts, or a birth date and
+    that many line items of the shipped catalogue (what a hospital's billing system sends)."""
     month = 1 + i % 12
     v = pb.Visit(mdtrt_id=f"{tag}-{i}", psn_no=f"B{i % PERSONS:06d}", insutype="rural", medins_lv="2",
                  med_type="21", enddate=f"2013-{month:02d}-10", setl_time=f"2013-{month:02d}-10T09:30:00",
-                 dise_codg="K35.9", medfee_sumamt=1_250_000, fulamt_ownpay_amt=50_000,
-                 overlmt_selfpay=0, preselfpay_amt=20_000, inscp_scp_amt=1_180_000,
-                 inscp_essential_amt=0)
-    return pb.SettleRequest(request_id=f"{tag}-{i}", visit=v)
+                 dise_codg="K35.9")
+    if not lines:
+        v.MergeFrom(pb.Visit(medfee_sumamt=1_250_000, fulamt_ownpay_amt=50_000, overlmt_selfpay=0,
+                             preselfpay_amt=20_000, inscp_scp_amt=1_180_000, inscp_essential_amt=0))
+        return pb.SettleRequest(request_id=f"{tag}-{i}", visit=v)
+    v.brdy = f"{1940 + i % 70}-{1 + i % 12:02d}-{1 + i % 28:02d}"
+    codes = _catalogue_codes()
+    items = [pb.Line(line_no=k + 1, hilist_code=codes[(i * 7 + k) % len(codes)], cnt=1 + k % 3,
+                     pric=2_000 + 137 * k, det_item_fee_sumamt=(1 + k % 3) * (2_000 + 137 * k))
+             for k in range(lines)]
+    return pb.SettleRequest(request_id=f"{tag}-{i}", visit=v, lines=items)
+
+
+@functools.cache
+def _catalogue_codes() -> list[str]:
+    from kernel.api import shipped_catalogue_path
+    from kernel.catalogue import load_catalogue
+    return load_catalogue(shipped_catalogue_path()).codes.to_pylist()
 
 
 # --- servers (subprocess roles) -----------------------------------------------------------------
@@ -384,10 +401,11 @@ class CpuMeter:
         return getattr(self._target, name)
 
 
-async def measure_inprocess(ledger_dir: str, n: int = 4000) -> dict:
+async def measure_inprocess(ledger_dir: str, n: int = 4000, n_lines: int = 2000) -> dict:
     """The server's own work per settlement without gRPC, 64 in flight: the kernel call, the ledger
     (person read, and the writer thread's CPU for the group commit, fsync included) and, apart,
-    everything else the service does (conversion, locks, protobuf result)."""
+    everything else the service does (conversion, locks, protobuf result). Then the same for
+    visits of LINES line items (the same server; the visits above carry precomputed amounts)."""
     from kernel.api import Settler
     from server.ledger import SqliteLedger
     from server.security import SecurityConfig
@@ -396,11 +414,8 @@ async def measure_inprocess(ledger_dir: str, n: int = 4000) -> dict:
     settler = CpuMeter(Settler.from_files(), ["settle_one"])
     ledger = SqliteLedger(str(Path(ledger_dir) / "inprocess.db"))
     reader = CpuMeter(ledger, ["read_state"])
-    try:
-        service = SettlementService(settler, reader, SecurityConfig())
-        reqs = [visit_request(i, "cpu") for i in range(n + 500)]
-        for r in reqs[:500]:                       # warm up
-            await service.settle(r, "H001", "settle", None, pb.SettleReply().settlement)
+
+    async def run(reqs) -> dict:
         window = asyncio.Semaphore(IN_FLIGHT)
 
         async def one(r):
@@ -409,17 +424,25 @@ async def measure_inprocess(ledger_dir: str, n: int = 4000) -> dict:
         settler.spent = reader.spent = 0.0
         batches0, ops0, writer0 = ledger.batches, ledger.ops, ledger.writer_cpu
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        await asyncio.gather(*(one(r) for r in reqs[500:]))
+        await asyncio.gather(*(one(r) for r in reqs))
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-        kernel, read = settler.spent / n, reader.spent / n
-        commit = (ledger.writer_cpu - writer0) / n
-        batch = (ledger.ops - ops0) / max(1, ledger.batches - batches0)
+        m = len(reqs)
+        kernel, read = settler.spent / m, reader.spent / m
+        commit = (ledger.writer_cpu - writer0) / m
+        return {"server_work_us": (kernel + read + commit) * 1e6, "kernel_us": kernel * 1e6,
+                "ledger_read_us": read * 1e6, "commit_share_us": commit * 1e6,
+                "inprocess_cpu_us": cpu / m * 1e6, "inprocess_per_s": m / wall,
+                "mean_group_commit": (ledger.ops - ops0) / max(1, ledger.batches - batches0)}
+    try:
+        service = SettlementService(settler, reader, SecurityConfig())
+        for r in [visit_request(i, "warm") for i in range(500)]:
+            await service.settle(r, "H001", "settle", None, pb.SettleReply().settlement)
+        out = await run([visit_request(i, "cpu") for i in range(n)])
+        with_lines = await run([visit_request(i, "cpu-lines", lines=LINES) for i in range(n_lines)])
+        out.update({f"lines_{key}": value for key, value in with_lines.items()})
     finally:
         ledger.close()
-    return {"server_work_us": (kernel + read + commit) * 1e6, "kernel_us": kernel * 1e6,
-            "ledger_read_us": read * 1e6, "commit_share_us": commit * 1e6,
-            "inprocess_cpu_us": cpu / n * 1e6, "inprocess_per_s": n / wall,
-            "mean_group_commit": batch}
+    return out
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -458,6 +481,10 @@ def report(r: dict) -> str:
                  f"{r['mean_group_commit']:.1f} settlements per fsync", f"{r['commit_share_us']:.0f} us"),
              row("in-process CPU per settlement, all of it (+ conversion, locks, protobuf)",
                  f"{r['inprocess_cpu_us']:.0f} us"),
+             row(f"server work per settlement, visits of {LINES} line items: kernel / ledger read / "
+                 "commit share", f"{r['lines_server_work_us']:.0f} us: {r['lines_kernel_us']:.0f} / "
+                 f"{r['lines_ledger_read_us']:.0f} / {r['lines_commit_share_us']:.0f} us", "< 150 us",
+                 f"{r['lines_server_work_us'] / 150:.2f} of target"),
              row("server process CPU per unary call (gRPC stack included): echo / echo + commit / "
                  "no kernel / Settle",
                  f"{r['echo_unary_server_cpu_us']:.0f} / {r['echo_commit_unary_server_cpu_us']:.0f} / "

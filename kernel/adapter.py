@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import _pool
+from ._itemize import itemize_one
 from .compile import NO_DATE, as_days
 from .errors import InputError
 from .layout import ITEM_COLS
@@ -854,6 +855,8 @@ class OneVisitAdapter:
         self.fields = [(name, "str" if pa.types.is_string(typ) else "date" if pa.types.is_date(typ)
                         else "time" if pa.types.is_timestamp(typ) else "int", required)
                        for name, typ, required, _ in VISIT_FIELDS]
+        self.line_fields = [(name, pa.types.is_string(typ), pa.types.is_integer(typ))
+                            for name, typ, _, _ in LINE_FIELDS]
 
     def _date(self, value, name, source, timestamp=False):
         """(days since the epoch, the value) of a present date or timestamp field."""
@@ -991,64 +994,58 @@ class OneVisitAdapter:
         return amount
 
     def _itemize(self, visit, lines, source):
-        from ._itemize import itemize
+        """The visit's N_ITEM totals from its lines (dicts), with prepare()'s checks in its order
+        and its messages; plain ints and one call into the kernel, no arrays per call."""
         m = len(lines)
-        code = np.empty(m, np.int32)
-        cnt = np.empty(m, np.int64)
-        pric = np.empty(m, np.int64)
-        amt = np.empty(m, np.int64)
         mdtrt_id = visit.get("mdtrt_id")
-        seen = set()
-        unknown_refused = self.cp.pack.unknown_codes == "refuse"
         # checks in the order prepare() makes them, each over all lines before the next
-        parsed = []
         for k, line in enumerate(lines, 1):
-            for name, typ, required, _ in LINE_FIELDS:
+            for name, is_string, is_integer in self.line_fields:
                 value = line.get(name)
                 if value is None:
                     raise InputError(name, "required value is missing", None, line=k, source=source)
-                if pa.types.is_string(typ) and not isinstance(value, str):
+                if is_string and not isinstance(value, str):
                     raise InputError(name, "must be string", value, line=k, source=source)
-                if pa.types.is_integer(typ):
+                if is_integer:
                     _scalar_int(name, value, line=k, source=source)
-            parsed.append(line)
-        for k, line in enumerate(parsed, 1):
+        for k, line in enumerate(lines, 1):
             if line["mdtrt_id"] != mdtrt_id:
                 raise InputError("mdtrt_id", "line of a visit not in the visits", line["mdtrt_id"], line=k,
                                  source=source)
-        for k, line in enumerate(parsed):
-            cnt[k] = _scalar_int("cnt", line["cnt"])
-            pric[k] = _scalar_int("pric", line["pric"])
-            amt[k] = _scalar_int("det_item_fee_sumamt", line["det_item_fee_sumamt"])
+        cnt = [_scalar_int("cnt", line["cnt"]) for line in lines]          # a bool flag as its int
+        pric = [_scalar_int("pric", line["pric"]) for line in lines]
+        amt = [_scalar_int("det_item_fee_sumamt", line["det_item_fee_sumamt"]) for line in lines]
         for k in range(m):
             if cnt[k] < 0 or cnt[k] > MAX_COUNT:
-                raise InputError("cnt", "quantity must be a whole number from 0 to 10^9", int(cnt[k]),
+                raise InputError("cnt", "quantity must be a whole number from 0 to 10^9", cnt[k],
                                  line=k + 1, mdtrt_id=mdtrt_id, source=source)
-        line_numbers = np.arange(1, m + 1)
-        _check_money(pric, "pric", source, lines=line_numbers)
-        _check_money(amt, "det_item_fee_sumamt", source, lines=line_numbers)
+        for k in range(m):
+            _check_money_one(pric[k], "pric", source, line=k + 1)
+        for k in range(m):
+            _check_money_one(amt[k], "det_item_fee_sumamt", source, line=k + 1)
         for k in range(m):
             if pric[k] > 0 and cnt[k] > MAX_MONEY // pric[k]:
-                raise InputError("cnt", f"overflow: cnt x pric above {MAX_MONEY} fen", int(cnt[k]), line=k + 1,
+                raise InputError("cnt", f"overflow: cnt x pric above {MAX_MONEY} fen", cnt[k], line=k + 1,
                                  mdtrt_id=mdtrt_id, source=source)
         for k in range(m):
             if cnt[k] * pric[k] != amt[k]:
-                raise InputError("det_item_fee_sumamt", f"amount is not cnt x pric ({int(cnt[k] * pric[k])})",
-                                 int(amt[k]), line=k + 1, mdtrt_id=mdtrt_id, source=source)
+                raise InputError("det_item_fee_sumamt", f"amount is not cnt x pric ({cnt[k] * pric[k]})",
+                                 amt[k], line=k + 1, mdtrt_id=mdtrt_id, source=source)
         # duplicates are reported at the later line in (line_no, position) order, as prepare() does
-        for k in sorted(range(m), key=lambda k: (int(parsed[k]["line_no"]), k)):
-            key = int(parsed[k]["line_no"])
+        seen = set()
+        for k in sorted(range(m), key=lambda k: (int(lines[k]["line_no"]), k)):
+            key = int(lines[k]["line_no"])
             if key in seen:
                 raise InputError("line_no", "duplicate line id within the visit", key, line=k + 1,
                                  mdtrt_id=mdtrt_id, source=source)
             seen.add(key)
-        for k, line in enumerate(parsed):
-            code[k] = self.code_index.get(line["hilist_code"], -1)
-            if code[k] < 0 and unknown_refused:
-                raise InputError("hilist_code", "not in the catalogue (the pack refuses unknown codes)",
-                                 line["hilist_code"], line=k + 1, mdtrt_id=mdtrt_id, source=source)
-        item = np.zeros((N_ITEM, 1), dtype=np.int64)
+        code = [self.code_index.get(line["hilist_code"], -1) for line in lines]
+        if self.cp.pack.unknown_codes == "refuse":
+            for k in range(m):
+                if code[k] < 0:
+                    raise InputError("hilist_code", "not in the catalogue (the pack refuses unknown codes)",
+                                     lines[k]["hilist_code"], line=k + 1, mdtrt_id=mdtrt_id, source=source)
         c = self.catalogue
-        itemize(np.array([0, m], np.int64), code, cnt, pric, amt, c.cls, c.prepay, c.ceiling, c.essential, item)
-        _check_money_one(int(item[_I["I_MEDFEE"], 0]), "medfee_sumamt", source, row=1)
-        return item[:, 0].tolist()
+        item = itemize_one(code, cnt, pric, amt, c.cls, c.prepay, c.ceiling, c.essential)
+        _check_money_one(item[_I["I_MEDFEE"]], "medfee_sumamt", source, row=1)
+        return item

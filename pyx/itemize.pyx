@@ -1,6 +1,7 @@
 """Step 1, itemize (docs/design.md): per-line scope split summed per visit, GIL released."""
 include "layout.pxi"
 
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport int64_t, int32_t, int8_t
 from money cimport rh, RELEASE_GIL_AT
 # setup.py names this module kernel._itemize, so Cython does not pair it with itemize.pxd: cimport the types.
@@ -102,3 +103,51 @@ def itemize(const int64_t[::1] line_offsets, const int32_t[::1] code, const int6
             itemize_rows(&lines, &cat, &line_offsets[0], &out[0, 0], n)
     else:
         itemize_rows(&lines, &cat, &line_offsets[0], &out[0, 0], n)
+
+
+def itemize_one(list code, list qty, list price, list amount, const int8_t[::1] cat_class,
+                const int64_t[::1] cat_prepay, const int64_t[::1] cat_ceiling,
+                const int8_t[::1] cat_essential):
+    """Step 1 for one visit's lines given as Python lists of ints (the real-time path): its N_ITEM
+    totals as a list (layout.ITEM_COLS), by the loop itemize() runs for each visit of a batch.
+    No arrays to make per call. Values were validated by Python, as for itemize()."""
+    cdef Py_ssize_t m = len(code), k = cat_class.shape[0], j
+    if len(qty) != m or len(price) != m or len(amount) != m:
+        raise ValueError(f"line columns: code, qty, price, amount need one length, got "
+                         f"{m}, {len(qty)}, {len(price)}, {len(amount)}")
+    if cat_prepay.shape[0] != k or cat_ceiling.shape[0] != k or cat_essential.shape[0] != k:
+        raise ValueError(f"catalogue columns: class, prepay, ceiling, essential need one length, got "
+                         f"{k}, {cat_prepay.shape[0]}, {cat_ceiling.shape[0]}, {cat_essential.shape[0]}")
+    cdef int8_t no_class = 2, no_flag = 0
+    cdef int64_t no_amount = 0
+    cdef Catalogue cat
+    if k > 0:
+        cat.klass, cat.prepay = &cat_class[0], &cat_prepay[0]
+        cat.ceiling, cat.essential = &cat_ceiling[0], &cat_essential[0]
+    else:
+        cat.klass, cat.prepay, cat.ceiling, cat.essential = &no_class, &no_amount, &no_amount, &no_flag
+    cdef int32_t* c = <int32_t*>PyMem_Malloc(max(m, 1) * sizeof(int32_t))
+    cdef int64_t* columns = <int64_t*>PyMem_Malloc(3 * max(m, 1) * sizeof(int64_t))
+    cdef Lines lines
+    cdef ItemTotals t
+    if c == NULL or columns == NULL:
+        PyMem_Free(c)
+        PyMem_Free(columns)
+        raise MemoryError()
+    try:
+        for j in range(m):
+            if not -1 <= code[j] < k:
+                raise ValueError(f"code: line {j + 1} is {code[j]}, not -1 or a catalogue entry")
+            c[j] = code[j]
+            columns[j] = qty[j]
+            columns[m + j] = price[j]
+            columns[2 * m + j] = amount[j]
+        lines.code, lines.qty, lines.price, lines.amount = c, columns, columns + m, columns + 2 * m
+        itemize_visit(&lines, &cat, 0, m, &t)
+    finally:
+        PyMem_Free(c)
+        PyMem_Free(columns)
+    out = [0] * N_ITEM
+    out[I_MEDFEE], out[I_FULAMT], out[I_OVERLMT] = t.medfee, t.fulamt, t.overlmt
+    out[I_PRESELFPAY], out[I_INSCP], out[I_INSCP_ESS] = t.preselfpay, t.inscp, t.inscp_ess
+    return out

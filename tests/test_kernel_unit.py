@@ -9,7 +9,7 @@ import pytest
 
 from kernel import layout
 from kernel._chain import settle, settle_one
-from kernel._itemize import itemize
+from kernel._itemize import itemize, itemize_one
 
 K = layout.as_constants()
 N_RULE, N_DIS, N_ACC, N_ITEM, N_OUT = K["N_RULE"], K["N_DIS"], K["N_ACC"], K["N_ITEM"], K["N_OUT"]
@@ -270,6 +270,34 @@ def test_itemize_shape_errors():
         itemize(*good[:6], np.zeros(1, np.int64), *good[7:], np.zeros((N_ITEM, 1), np.int64))
     with pytest.raises(ValueError, match="line_offsets"):
         itemize(np.array([0, 3], np.int64), *good[1:], np.zeros((N_ITEM, 1), np.int64))
+
+
+def test_itemize_one_is_itemize_of_one_visit():
+    """The real-time path's entry (Python lists in, a list out) gives each visit's column of
+    itemize() over the same lines: random catalogues, unknown codes, empty visits, no catalogue."""
+    rng = np.random.default_rng(11)
+    for k in (0, 1, 40):
+        cat_class = rng.integers(0, 3, k).astype(np.int8)
+        cat_prepay = rng.integers(0, 3000, k)
+        cat_ceiling = np.where(rng.random(k) < 0.4, rng.integers(1, 5000, k), 0)
+        cat_essential = (rng.random(k) < 0.3).astype(np.int8)
+        for _ in range(200):
+            m = int(rng.integers(0, 12))
+            code = rng.integers(-1, k, m).astype(np.int32) if k else np.full(m, -1, np.int32)
+            qty, price = rng.integers(0, 20, m), rng.integers(0, 8000, m)
+            out = np.zeros((N_ITEM, 1), np.int64)
+            itemize(np.array([0, m], np.int64), code, qty, price, qty * price, cat_class, cat_prepay,
+                    cat_ceiling, cat_essential, out)
+            one = itemize_one(code.tolist(), qty.tolist(), price.tolist(), (qty * price).tolist(),
+                              cat_class, cat_prepay, cat_ceiling, cat_essential)
+            assert one == out[:, 0].tolist()
+    cat = (np.zeros(2, np.int8), np.zeros(2, np.int64), np.zeros(2, np.int64), np.zeros(2, np.int8))
+    with pytest.raises(ValueError, match="line columns"):
+        itemize_one([0, 1], [1], [1, 1], [1, 1], *cat)
+    with pytest.raises(ValueError, match="catalogue"):
+        itemize_one([0], [1], [1], [1], cat[0], np.zeros(3, np.int64), *cat[2:])
+    with pytest.raises(ValueError, match="code: line 2 is 2"):
+        itemize_one([0, 2], [1, 1], [1, 1], [1, 1], *cat)
 
 
 # ---------------------------------------------------------------- settle (steps 2-11)

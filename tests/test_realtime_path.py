@@ -74,6 +74,8 @@ MUTATIONS = [
     ("pre", "fulamt_ownpay_amt", 10**13), ("pre", "inscp_essential_amt", 10**11),
     ("line", "cnt", -1), ("line", "pric", -3), ("line", "det_item_fee_sumamt", 7), ("line", "line_no", 1),
     ("line", "hilist_code", "NOT-A-CODE"), ("line", "mdtrt_id", "V2"),
+    ("line", "cnt", 10**10), ("line", "pric", 10**13), ("line", "pric", None),
+    ("line", "det_item_fee_sumamt", -7), ("line", "line_no", None),
 ]
 
 
