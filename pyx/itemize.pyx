@@ -55,6 +55,27 @@ cdef void itemize_rows(const Lines* lines, const Catalogue* cat, const int64_t* 
         o[I_INSCP_ESS * n + i] = t.inscp_ess
 
 
+# A catalogue of one class-C entry stands in when there is none (every code is then -1).
+cdef int8_t NO_CLASS = 2, NO_FLAG = 0
+cdef int64_t NO_AMOUNT = 0
+
+
+cdef Catalogue catalogue_of(const int8_t[::1] cat_class, const int64_t[::1] cat_prepay,
+                            const int64_t[::1] cat_ceiling, const int8_t[::1] cat_essential) except *:
+    """The catalogue columns as a Catalogue (pointers into the caller's buffers), lengths checked."""
+    cdef Py_ssize_t k = cat_class.shape[0]
+    if cat_prepay.shape[0] != k or cat_ceiling.shape[0] != k or cat_essential.shape[0] != k:
+        raise ValueError(f"catalogue columns: class, prepay, ceiling, essential need one length, got "
+                         f"{k}, {cat_prepay.shape[0]}, {cat_ceiling.shape[0]}, {cat_essential.shape[0]}")
+    cdef Catalogue cat
+    if k > 0:
+        cat.klass, cat.prepay = &cat_class[0], &cat_prepay[0]
+        cat.ceiling, cat.essential = &cat_ceiling[0], &cat_essential[0]
+    else:
+        cat.klass, cat.prepay, cat.ceiling, cat.essential = &NO_CLASS, &NO_AMOUNT, &NO_AMOUNT, &NO_FLAG
+    return cat
+
+
 def itemize(const int64_t[::1] line_offsets, const int32_t[::1] code, const int64_t[::1] qty,
             const int64_t[::1] price, const int64_t[::1] amount, const int8_t[::1] cat_class,
             const int64_t[::1] cat_prepay, const int64_t[::1] cat_ceiling,
@@ -66,15 +87,12 @@ def itemize(const int64_t[::1] line_offsets, const int32_t[::1] code, const int6
     """
     cdef Py_ssize_t n = line_offsets.shape[0] - 1
     cdef Py_ssize_t m = code.shape[0]
-    cdef Py_ssize_t k = cat_class.shape[0]
     if n < 0:
         raise ValueError("line_offsets: needs n_visits + 1 entries, got 0")
     if qty.shape[0] != m or price.shape[0] != m or amount.shape[0] != m:
         raise ValueError(f"line columns: code, qty, price, amount need one length, got "
                          f"{m}, {qty.shape[0]}, {price.shape[0]}, {amount.shape[0]}")
-    if cat_prepay.shape[0] != k or cat_ceiling.shape[0] != k or cat_essential.shape[0] != k:
-        raise ValueError(f"catalogue columns: class, prepay, ceiling, essential need one length, got "
-                         f"{k}, {cat_prepay.shape[0]}, {cat_ceiling.shape[0]}, {cat_essential.shape[0]}")
+    cdef Catalogue cat = catalogue_of(cat_class, cat_prepay, cat_ceiling, cat_essential)
     if out.shape[0] != N_ITEM or out.shape[1] != n:
         raise ValueError(f"out: shape must be ({N_ITEM}, {n}), got ({out.shape[0]}, {out.shape[1]})")
     if n == 0:
@@ -82,15 +100,6 @@ def itemize(const int64_t[::1] line_offsets, const int32_t[::1] code, const int6
     if line_offsets[0] < 0 or line_offsets[n] > m:
         raise ValueError(f"line_offsets: must lie in [0, {m}], got {line_offsets[0]}..{line_offsets[n]}")
 
-    # A catalogue of one class-C entry stands in when the batch has none (every code is then -1).
-    cdef int8_t no_class = 2, no_flag = 0
-    cdef int64_t no_amount = 0
-    cdef Catalogue cat
-    if k > 0:
-        cat.klass, cat.prepay = &cat_class[0], &cat_prepay[0]
-        cat.ceiling, cat.essential = &cat_ceiling[0], &cat_essential[0]
-    else:
-        cat.klass, cat.prepay, cat.ceiling, cat.essential = &no_class, &no_amount, &no_amount, &no_flag
     cdef Lines lines
     if m > 0:
         lines.code, lines.qty, lines.price, lines.amount = &code[0], &qty[0], &price[0], &amount[0]
@@ -115,17 +124,7 @@ def itemize_one(list code, list qty, list price, list amount, const int8_t[::1] 
     if len(qty) != m or len(price) != m or len(amount) != m:
         raise ValueError(f"line columns: code, qty, price, amount need one length, got "
                          f"{m}, {len(qty)}, {len(price)}, {len(amount)}")
-    if cat_prepay.shape[0] != k or cat_ceiling.shape[0] != k or cat_essential.shape[0] != k:
-        raise ValueError(f"catalogue columns: class, prepay, ceiling, essential need one length, got "
-                         f"{k}, {cat_prepay.shape[0]}, {cat_ceiling.shape[0]}, {cat_essential.shape[0]}")
-    cdef int8_t no_class = 2, no_flag = 0
-    cdef int64_t no_amount = 0
-    cdef Catalogue cat
-    if k > 0:
-        cat.klass, cat.prepay = &cat_class[0], &cat_prepay[0]
-        cat.ceiling, cat.essential = &cat_ceiling[0], &cat_essential[0]
-    else:
-        cat.klass, cat.prepay, cat.ceiling, cat.essential = &no_class, &no_amount, &no_amount, &no_flag
+    cdef Catalogue cat = catalogue_of(cat_class, cat_prepay, cat_ceiling, cat_essential)
     cdef int32_t* c = <int32_t*>PyMem_Malloc(max(m, 1) * sizeof(int32_t))
     cdef int64_t* columns = <int64_t*>PyMem_Malloc(3 * max(m, 1) * sizeof(int64_t))
     cdef Lines lines
